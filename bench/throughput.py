@@ -20,13 +20,13 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-import digits  # noqa: E402
+import digits
 
-import pyflaxnpu  # noqa: E402
+import pyflaxnpu
 
 BATCHES = (1, 4, 16, 64, 256, 1024)
 

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 
-def compile(module: Any, variables: Any, example_input: Any, **options: Any) -> Program:  # noqa: A001
+def compile(module: Any, variables: Any, example_input: Any, **options: Any) -> Program:
     """Compile a Flax linen Module with its variables, or an nnx Module (variables=None), for the NPU.
 
     example_input fixes the per-item shape and dtype; the batch size of the program is free.

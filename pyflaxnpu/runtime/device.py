@@ -49,7 +49,7 @@ class Device:
         self.close()
 
 
-def open(spec: str = "auto", **options: Any) -> Device:  # noqa: A001 - the public name the API asks for
+def open(spec: str = "auto", **options: Any) -> Device:
     """Open an NPU: "sim" (in-process simulator) or "auto" (a real device node if one exists, else "sim")."""
     if spec == "auto":
         nodes = sorted(glob.glob("/dev/flaxnpu[0-9]*"))

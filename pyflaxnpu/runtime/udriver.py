@@ -145,20 +145,28 @@ class UserDriver:
     def submit(self, *, opcode: int, seg_table: int = 0, seg_count: int = 0, prog_seg: int = 0,
                prog_offset: int = 0, op_count: int = 0, batch: int = 0, job_id: int | None = None) -> int:
         """Queue one job; returns its sequence number (wait on it with wait())."""
-        if self._sq is None:
-            raise DeviceError("device is not booted: call boot() first")
-        if (self._sq_tail - self._cq_head) & U32 >= min(self.sq_entries, self.cq_entries):
-            self._poll()
-            if (self._sq_tail - self._cq_head) & U32 >= min(self.sq_entries, self.cq_entries):
-                raise DeviceError(f"{self.sq_entries} jobs already in flight: wait for some before submitting")
-        seq = self._sq_tail
         entry = np.zeros((), dtype=hw.SQ_ENTRY)
-        entry["seq"], entry["opcode"], entry["job_id"] = seq, opcode, seq if job_id is None else job_id
+        entry["opcode"], entry["job_id"] = opcode, self._sq_tail if job_id is None else job_id
         entry["seg_table"], entry["seg_count"] = seg_table, seg_count
         entry["prog_seg"], entry["prog_offset"], entry["op_count"], entry["batch"] = (
             prog_seg, prog_offset, op_count, batch)
+        return self.submit_entry(entry)
+
+    def submit_entry(self, entry: np.ndarray, *, stamp_seq: bool = True) -> int:
+        """Queue a whole hw.SQ_ENTRY record as given (seq stamped unless stamp_seq is False)."""
+        if self._sq is None:
+            raise DeviceError("device is not booted: call boot() first")
+        in_flight = min(self.sq_entries, self.cq_entries)
+        if (self._sq_tail - self._cq_head) & U32 >= in_flight:
+            self._poll()
+            if (self._sq_tail - self._cq_head) & U32 >= in_flight:
+                raise DeviceError(f"{in_flight} jobs already in flight: wait for some before submitting")
+        seq = self._sq_tail
+        record = np.array(entry, dtype=hw.SQ_ENTRY)
+        if stamp_seq:
+            record["seq"] = seq
         slot = (seq % self.sq_entries) * hw.SQ_ENTRY.itemsize
-        self._sq.view[slot:slot + hw.SQ_ENTRY.itemsize] = entry.tobytes()
+        self._sq.view[slot:slot + hw.SQ_ENTRY.itemsize] = record.tobytes()
         self._sq_tail = (seq + 1) & U32
         self.regs.write(R.SQ_TAIL, self._sq_tail)
         self._doorbell(hw.DOORBELL_SUBMIT)
