@@ -86,7 +86,7 @@ def reg_prefix(block: str) -> str:
 def c_header(spec_name: str, spec: dict) -> str:
     abi = spec["abi"]
     guard = f"FNPU_{abi['name'].upper()}_H"
-    out = [f"/* SPDX-License-Identifier: MIT */", f"/* {BANNER.format(spec=spec_name)} */",
+    out = ["/* SPDX-License-Identifier: MIT */", f"/* {BANNER.format(spec=spec_name)} */",
            f"#ifndef {guard}", f"#define {guard}", "",
            "#ifdef __KERNEL__", "#include <linux/types.h>", "#include <linux/build_bug.h>",
            "#define FNPU_STATIC_ASSERT(e, m) static_assert(e, m)", "#else", "#include <stdint.h>",
