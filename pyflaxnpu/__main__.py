@@ -1,0 +1,7 @@
+"""`python -m pyflaxnpu` is the `flaxnpu` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
