@@ -76,6 +76,8 @@ class UserDriver:
         self._sq_tail = 0
         self._cq_head = 0
         self._done: dict[int, Completion] = {}
+        self._image: bytes | None = None
+        self.recoveries = 0
 
     # ------------------------------------------------------------------ control path
 
@@ -116,6 +118,7 @@ class UserDriver:
     def boot(self, image: bytes) -> None:
         """Load firmware and configure the rings; returns when the firmware answered the handshake."""
         check_image(image)
+        self._image = bytes(image)
         if self.regs.read(R.STATE) != hw.STATE.OFF:
             self.reset()
         self._fw = self.alloc.alloc(len(image))
@@ -212,12 +215,24 @@ class UserDriver:
             if done is not None:
                 return done
             if self.regs.read(R.STATE) == hw.STATE.FAULT:
-                raise DeviceError(f"device faulted while job {seq} was in flight: {self.device_error()}; "
-                                  "reset and boot it again")
+                what = self.device_error()
+                self.recover()
+                raise DeviceError(f"device faulted while job {seq} was in flight: {what}; it was reset and its "
+                                  "firmware rebooted (jobs in flight were dropped)")
             if time.monotonic() > deadline:
-                raise DeviceTimeout(f"job {seq} did not complete within {limit:.1f} s "
-                                    f"(device {self.state_name()}, heartbeat {self.regs.read(R.HEARTBEAT)})")
+                what = f"device {self.state_name()}, heartbeat {self.regs.read(R.HEARTBEAT)}"
+                self.recover()
+                raise DeviceTimeout(f"job {seq} did not complete within {limit:.1f} s ({what}); the device was "
+                                    "reset and its firmware rebooted (jobs in flight were dropped)")
             self._idle(deadline)
+
+    def recover(self) -> None:
+        """Reset the device and boot the same firmware again: the way out of a hang or a fault."""
+        if self._image is None:
+            raise DeviceError("device was never booted: nothing to recover")
+        self.recoveries += 1
+        self.reset()
+        self.boot(self._image)
 
     def run(self, **job: int) -> Completion:
         """Submit one job and wait for it; a failed job raises JobError naming the status."""
