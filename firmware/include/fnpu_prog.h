@@ -6,6 +6,7 @@
 #ifdef __KERNEL__
 #include <linux/types.h>
 #include <linux/build_bug.h>
+#include <linux/stddef.h>
 #define FNPU_STATIC_ASSERT(e, m) static_assert(e, m)
 #else
 #include <stdint.h>

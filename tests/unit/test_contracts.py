@@ -6,12 +6,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from flaxnpu_abi import hw, prog
+from flaxnpu_abi import hw, prog, uapi
 
 ROOT = Path(__file__).resolve().parents[2]
 STRUCTS = [(hw, name) for name in ("sq_entry", "cq_entry", "seg_entry", "fw_header", "sq_fetch_args",
                                    "mmu_args", "dma_args")] + \
-          [(prog, name) for name in ("tensor_ref", "op", "file_header")]
+          [(prog, name) for name in ("tensor_ref", "op", "file_header")] + \
+          [(uapi, name) for name in ("cmd_hdr", "cmd_load_model", "cmd_execute", "cmd_retrieve", "resp_model",
+                                     "resp_job", "resp_result", "info", "bo_create", "bo_free", "model_unload",
+                                     "wait")]
 
 
 def test_generated_files_are_fresh():
@@ -22,7 +25,7 @@ def test_generated_files_are_fresh():
 
 def test_generator_detects_a_stale_file(tmp_path):
     # Copy the contracts tree, damage one generated file, and expect --check to name it.
-    for sub in ("contracts", "firmware/include", "docs"):
+    for sub in ("contracts", "firmware/include", "driver/include", "docs"):
         src = ROOT / sub
         if src.exists():
             shutil.copytree(src, tmp_path / sub, ignore=shutil.ignore_patterns("__pycache__", "build"))
@@ -31,7 +34,7 @@ def test_generator_detects_a_stale_file(tmp_path):
     res = subprocess.run([sys.executable, str(tmp_path / "contracts" / "generate.py"), "--check"],
                          capture_output=True, text=True)
     assert res.returncode == 1
-    assert "contracts/flaxnpu_abi/hw.py" in res.stderr
+    assert res.stderr.count("stale:") == 1 and "contracts/flaxnpu_abi/hw.py" in res.stderr
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,10 @@ def c_layouts(tmp_path_factory):
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.fail("no host C compiler (cc/gcc) to check the generated headers: apt-get install gcc")
-    lines = ['#include <stdio.h>', '#include "fnpu_hw.h"', '#include "fnpu_prog.h"', "int main(void) {"]
+    lines = ['#include <stdio.h>', '#include "fnpu_hw.h"', '#include "fnpu_prog.h"', '#include "fnpu_uapi.h"',
+             "int main(void) {"]
+    for io in uapi.IOCTL:
+        lines.append(f'printf("ioctl {io.name} %lu\\n", (unsigned long)FNPU_IOCTL_{io.name});')
     for mod, name in STRUCTS:
         dt = getattr(mod, name.upper())
         lines.append(f'printf("{name} :sizeof %zu\\n", sizeof(struct fnpu_{name}));')
@@ -49,7 +55,7 @@ def c_layouts(tmp_path_factory):
     lines += ["return 0;", "}"]
     d = tmp_path_factory.mktemp("layout")
     (d / "layout.c").write_text("\n".join(lines))
-    subprocess.run([cc, "-std=c11", "-Wall", "-Werror", "-I", str(ROOT / "firmware" / "include"),
+    subprocess.run([cc, "-std=c11", "-Wall", "-Werror", "-I", str(ROOT / "driver" / "include"),
                     str(d / "layout.c"), "-o", str(d / "layout")], check=True)
     out = subprocess.run([str(d / "layout")], capture_output=True, text=True, check=True).stdout
     return {tuple(line.split()[:2]): int(line.split()[2]) for line in out.splitlines()}
@@ -61,6 +67,16 @@ def test_c_and_python_layouts_agree(c_layouts, mod, name):
     assert c_layouts[(name, ":sizeof")] == dt.itemsize
     for field in dt.names:
         assert c_layouts[(name, field)] == dt.fields[field][1], field
+
+
+def test_c_and_python_ioctl_numbers_agree(c_layouts):
+    for io in uapi.IOCTL:
+        assert c_layouts[("ioctl", io.name)] == io.value, io.name
+
+
+def test_firmware_and_driver_get_identical_contract_headers():
+    for name in ("fnpu_hw.h", "fnpu_prog.h"):
+        assert (ROOT / "firmware" / "include" / name).read_bytes() == (ROOT / "driver" / "include" / name).read_bytes()
 
 
 def test_register_offsets_are_unique_and_inside_the_window():
