@@ -47,11 +47,20 @@ class CTRL(IntEnum):
     NOP = 0x0  # acknowledge only (liveness check)
     RESET = 0x1  # stop the core, drop all state, go to OFF
     BOOT = 0x2  # check and load the firmware at REG_FW_ADDR, configure rings, start the core
+    INJECT = 0x3  # test knob: arm the fault named in REG_FAULT_KIND for the next job
 
 CTRL_DOC = {
     CTRL.NOP: 'acknowledge only (liveness check)',
     CTRL.RESET: 'stop the core, drop all state, go to OFF',
     CTRL.BOOT: 'check and load the firmware at REG_FW_ADDR, configure rings, start the core',
+    CTRL.INJECT: 'test knob: arm the fault named in REG_FAULT_KIND for the next job',
+}
+
+class FAULT(IntEnum):
+    HANG = 0x1  # the next job never completes; the device serves nothing until RESET
+
+FAULT_DOC = {
+    FAULT.HANG: 'the next job never completes; the device serves nothing until RESET',
 }
 
 class JOB_OP(IntEnum):
@@ -111,7 +120,7 @@ class STATUS(IntEnum):
     FW_FAULT = 0x56  # firmware touched unmapped memory or raised an exception
     FW_WATCHDOG = 0x57  # firmware ran past its instruction budget without going idle
     RING_CONFIG = 0x60  # ring size is not a power of two in range, or a ring lies outside host memory
-    CTRL_UNKNOWN = 0x61  # unknown control command
+    CTRL_UNKNOWN = 0x61  # unknown control command or control argument
     DEVICE_STATE = 0x62  # command not allowed in the current device state
     TIMEOUT = 0x70  # host: the job did not complete in time (the device was reset)
     ABORTED = 0x71  # host: the job was dropped by a reset before it completed
@@ -153,7 +162,7 @@ STATUS_DOC = {
     STATUS.FW_FAULT: 'firmware touched unmapped memory or raised an exception',
     STATUS.FW_WATCHDOG: 'firmware ran past its instruction budget without going idle',
     STATUS.RING_CONFIG: 'ring size is not a power of two in range, or a ring lies outside host memory',
-    STATUS.CTRL_UNKNOWN: 'unknown control command',
+    STATUS.CTRL_UNKNOWN: 'unknown control command or control argument',
     STATUS.DEVICE_STATE: 'command not allowed in the current device state',
     STATUS.TIMEOUT: 'host: the job did not complete in time (the device was reset)',
     STATUS.ABORTED: 'host: the job was dropped by a reset before it completed',
@@ -192,6 +201,7 @@ class Reg(IntEnum):
     CQ_BASE_HI = 0x12c  # RW: DMA address of the completion ring, high word
     SQ_TAIL = 0x130  # RW: submission entries produced by the host (free-running count)
     CQ_HEAD = 0x134  # RW: completion entries consumed by the host (free-running count)
+    FAULT_KIND = 0x138  # RW: argument of CTRL_INJECT: a FAULT_* value
 
 REG_ACCESS = {
     Reg.MAGIC: 'RO',
@@ -224,6 +234,7 @@ REG_ACCESS = {
     Reg.CQ_BASE_HI: 'RW',
     Reg.SQ_TAIL: 'RW',
     Reg.CQ_HEAD: 'RW',
+    Reg.FAULT_KIND: 'RW',
 }
 
 class CoreReg(IntEnum):

@@ -50,6 +50,11 @@ enum fnpu_ctrl {
 	FNPU_CTRL_NOP = 0x0, /* acknowledge only (liveness check) */
 	FNPU_CTRL_RESET = 0x1, /* stop the core, drop all state, go to OFF */
 	FNPU_CTRL_BOOT = 0x2, /* check and load the firmware at REG_FW_ADDR, configure rings, start the core */
+	FNPU_CTRL_INJECT = 0x3, /* test knob: arm the fault named in REG_FAULT_KIND for the next job */
+};
+
+enum fnpu_fault {
+	FNPU_FAULT_HANG = 0x1, /* the next job never completes; the device serves nothing until RESET */
 };
 
 enum fnpu_job_op {
@@ -100,7 +105,7 @@ enum fnpu_status {
 	FNPU_STATUS_FW_FAULT = 0x56, /* firmware touched unmapped memory or raised an exception */
 	FNPU_STATUS_FW_WATCHDOG = 0x57, /* firmware ran past its instruction budget without going idle */
 	FNPU_STATUS_RING_CONFIG = 0x60, /* ring size is not a power of two in range, or a ring lies outside host memory */
-	FNPU_STATUS_CTRL_UNKNOWN = 0x61, /* unknown control command */
+	FNPU_STATUS_CTRL_UNKNOWN = 0x61, /* unknown control command or control argument */
 	FNPU_STATUS_DEVICE_STATE = 0x62, /* command not allowed in the current device state */
 	FNPU_STATUS_TIMEOUT = 0x70, /* host: the job did not complete in time (the device was reset) */
 	FNPU_STATUS_ABORTED = 0x71, /* host: the job was dropped by a reset before it completed */
@@ -137,6 +142,7 @@ enum fnpu_status {
 #define FNPU_REG_CQ_BASE_HI 0x12cu /* RW: DMA address of the completion ring, high word */
 #define FNPU_REG_SQ_TAIL 0x130u /* RW: submission entries produced by the host (free-running count) */
 #define FNPU_REG_CQ_HEAD 0x134u /* RW: completion entries consumed by the host (free-running count) */
+#define FNPU_REG_FAULT_KIND 0x138u /* RW: argument of CTRL_INJECT: a FAULT_* value */
 
 /* control core register block (firmware view) */
 #define FNPU_CORE_HW_ABI 0x000u /* RO: hardware ABI: major << 16 | minor */
