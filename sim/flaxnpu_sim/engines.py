@@ -78,7 +78,7 @@ def check_op(op: np.void, segments: Segments) -> Plan:
     act, flags, scale_mask = int(op["act"]), int(op["flags"]), int(op["scale_mask"])
     if act not in FUNC._value2member_map_:
         raise EngineError(STATUS.OP_FUNC, act, f"unknown act {act}")
-    if flags & ~OP_FLAG.BIAS or (flags and opcode != OPCODE.MATMUL):
+    if flags & ~int(OP_FLAG.BIAS) or (flags and opcode != OPCODE.MATMUL):
         raise EngineError(STATUS.OP_FLAGS, flags, f"op flags 0x{flags:x} not allowed on {opcode.name}")
     if scale_mask:  # the firmware applies the batch before the kick
         raise EngineError(STATUS.OP_FLAGS, scale_mask, "scale_mask must be 0 at the engines")

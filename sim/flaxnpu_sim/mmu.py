@@ -18,8 +18,9 @@ from flaxnpu_abi.hw import SEG_FLAG, STATUS
 from .errors import SegmentError
 from .memory import HostMemory
 
-_KNOWN_FLAGS = SEG_FLAG.READ | SEG_FLAG.WRITE | SEG_FLAG.PAGES
-_RIGHTS = SEG_FLAG.READ | SEG_FLAG.WRITE
+# Plain ints: ~ of an IntFlag complements within its members only, which would hide unknown bits.
+_KNOWN_FLAGS = int(SEG_FLAG.READ | SEG_FLAG.WRITE | SEG_FLAG.PAGES)
+_RIGHTS = int(SEG_FLAG.READ | SEG_FLAG.WRITE)
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,9 @@ class Segments:
         if not 0 <= seg < len(self.segs):
             raise SegmentError(STATUS.OP_SEGMENT, seg, f"segment {seg} not in the job's {len(self.segs)}")
         s = self.segs[seg]
-        if need & ~s.flags:
-            raise SegmentError(STATUS.OP_RIGHTS, seg, f"segment {seg} lacks {SEG_FLAG(need & ~s.flags)!r}")
+        missing = int(need) & ~int(s.flags)
+        if missing:
+            raise SegmentError(STATUS.OP_RIGHTS, seg, f"segment {seg} lacks {SEG_FLAG(missing)!r}")
         # Subtraction form: off + n may not wrap in the 32-bit firmware either.
         if off < 0 or n < 0 or n > s.size or off > s.size - n:
             raise SegmentError(STATUS.OP_BOUNDS, off, f"[0x{off:x}, +0x{n:x}) outside segment {seg} (0x{s.size:x})")
