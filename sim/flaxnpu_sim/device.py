@@ -83,8 +83,9 @@ class NpuDevice:
         return self.bus.log.decode("utf-8", errors="replace")
 
     def inject_fault(self, kind: str) -> None:
-        """Test knob. "hang": the next ENG_KICK or CQ_KICK stops the control core, so the job in flight
-        never completes; the device ignores submit doorbells and the heartbeat stops until RESET."""
+        """Test knob, also reachable from any host as CTRL_INJECT with REG_FAULT_KIND = FAULT_HANG.
+        "hang": the next ENG_KICK or CQ_KICK stops the control core, so the job in flight never
+        completes; the device ignores submit doorbells and the heartbeat stops until RESET."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(FAULT_KINDS)}")
         self.bus.hang_armed = True
@@ -100,6 +101,13 @@ class NpuDevice:
         elif cmd == CTRL.BOOT:
             self._boot()  # acknowledges itself: at the handshake, or when it fails
         elif cmd == CTRL.NOP:
+            self._ack()
+        elif cmd == CTRL.INJECT:
+            kind = self.regs.read(Reg.FAULT_KIND)
+            if kind == hw.FAULT.HANG:
+                self.bus.hang_armed = True
+            else:
+                self._error(STATUS.CTRL_UNKNOWN, kind)
             self._ack()
         else:
             self._error(STATUS.CTRL_UNKNOWN, cmd)
