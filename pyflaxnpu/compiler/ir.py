@@ -1,0 +1,102 @@
+"""The compiler's graph IR: NPU ops over buffers, close to the descriptors but still symbolic.
+
+Shapes of batch-dependent tensors are per batch item (the leading batch axis is implicit); weights have
+their full shape. Ops name their operands by Tensor (a buffer seen with a shape: reshapes are views), so
+passes can fuse and re-wire ops before memory planning gives every buffer its place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from flaxnpu_abi.prog import BCAST, FUNC, OPCODE
+
+Kind = Literal["weight", "act", "input", "output"]
+
+
+@dataclass(eq=False)
+class Buffer:
+    """Storage: a weight (bytes in the image) or a per-item range of the arena, input or output."""
+
+    name: str
+    nbytes: int                      # per batch item unless kind == "weight"
+    kind: Kind
+    data: np.ndarray | None = None   # float32 contents of a weight
+
+    @property
+    def scaled(self) -> bool:
+        return self.kind != "weight"
+
+
+@dataclass(eq=False)
+class Tensor:
+    """A buffer seen with a shape (per item when the buffer is scaled)."""
+
+    buf: Buffer
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def scaled(self) -> bool:
+        return self.buf.scaled
+
+
+@dataclass(frozen=True)
+class Provenance:
+    module: str
+    source: str | None
+    primitives: tuple[str, ...]
+
+    def merge(self, other: Provenance) -> Provenance:
+        return Provenance(self.module or other.module, self.source or other.source,
+                          self.primitives + other.primitives)
+
+
+@dataclass(eq=False)
+class Op:
+    """One NPU op. dims are per item; dims[0] is the one that scales with the batch (every op's output
+    depends on the input, since everything else was folded into the weights)."""
+
+    opcode: OPCODE
+    dims: list[int]
+    srcs: list[Tensor | None]        # src0, src1, src2
+    dst: Tensor
+    prov: Provenance
+    act: FUNC = FUNC.NONE
+    params: list[int] = field(default_factory=list)
+    bias: bool = False
+
+    def reads(self) -> list[Buffer]:
+        return [t.buf for t in self.srcs if t is not None]
+
+    @property
+    def bcast(self) -> tuple[BCAST, BCAST]:
+        assert self.opcode == OPCODE.BINARY
+        return BCAST(self.params[1]), BCAST(self.params[2])
+
+
+@dataclass
+class Graph:
+    ops: list[Op]
+    input: Tensor
+    outputs: list[Tensor]
+    out_tree: object
+    name: str
+
+    def users(self, buf: Buffer) -> list[Op]:
+        return [op for op in self.ops if buf in op.reads()]
+
+    def producer(self, buf: Buffer) -> Op | None:
+        for op in self.ops:
+            if op.dst.buf is buf:
+                return op
+        return None
+
+    def is_output(self, buf: Buffer) -> bool:
+        return any(t.buf is buf for t in self.outputs)

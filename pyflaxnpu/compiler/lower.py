@@ -1,0 +1,387 @@
+"""Lower a traced jaxpr to the graph IR, one JAX primitive at a time, through ONE registry.
+
+The interpreter walks the jaxpr in order. An eqn whose inputs are all batch-invariant (parameters,
+literals, and what is computed from them alone) is evaluated right here with jax, so BatchNorm-style
+parameter math and broadcasts of parameters end up as weights (constant folding). An eqn that depends on
+the input goes to its rule in REGISTRY; a primitive without a rule is an UnsupportedPrimitiveError that
+names it, the model line and module that used it, and what to do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flaxnpu_abi.prog import BCAST, BINOP, FUNC, OPCODE, REDUCE
+from jax import export
+from jax._src import source_info_util
+from jax.extend import core
+
+from pyflaxnpu.compiler.broadcast import choose_split, materialize_row, tensor_modes, weight_modes
+from pyflaxnpu.compiler.ir import Buffer, Graph, Op, Provenance, Tensor
+from pyflaxnpu.compiler.trace import Traced, source_line
+from pyflaxnpu.errors import CompileError, UnsupportedPrimitiveError
+
+
+@dataclass
+class Const:
+    """A batch-invariant value (full shape; a broadcast along the batch axis is kept as size 1)."""
+
+    value: Any
+    name: str = ""
+
+
+@dataclass
+class BView:
+    """A per-item tensor broadcast to a larger per-item shape, not yet materialized."""
+
+    src: Tensor   # shape: the target rank, 1 on broadcast axes
+    shape: tuple[int, ...]
+
+
+Value = Const | Tensor | BView
+
+
+class Inline:
+    """A call-like primitive whose body (params[key], a ClosedJaxpr) is lowered in place."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+class Lowering:
+    def __init__(self, traced: Traced) -> None:
+        self.traced = traced
+        self.ops: list[Op] = []
+        self.prov = Provenance("", None, ())
+        self._weights: dict[tuple[Any, ...], Buffer] = {}
+        self._count = 0
+
+    # ------------------------------------------------------------------ interpreter
+    def run(self, jaxpr: core.Jaxpr, consts: list[Any], args: list[Value], stack: Any,
+            source: str | None) -> list[Value]:
+        env: dict[Any, Value] = {}
+
+        def read(atom: Any) -> Value:
+            return Const(np.asarray(atom.val)) if isinstance(atom, core.Literal) else env[atom]
+
+        env.update({v: Const(c) for v, c in zip(jaxpr.constvars, consts, strict=True)})
+        env.update(dict(zip(jaxpr.invars, args, strict=True)))
+        for eqn in jaxpr.eqns:
+            ins = [read(a) for a in eqn.invars]
+            name_stack = stack + eqn.source_info.name_stack
+            src = source_line(eqn) or source
+            prim = eqn.primitive.name
+            self.prov = Provenance(self.traced.module_path(str(name_stack)), src, (prim,))
+            rule = REGISTRY.get(prim)
+            if isinstance(rule, Inline):
+                body = eqn.params[rule.key]
+                outs = self.run(body.jaxpr, list(body.consts), ins, name_stack, src)
+            elif all(isinstance(v, Const) for v in ins):
+                outs = self.fold(eqn, ins)
+            elif rule is None:
+                raise UnsupportedPrimitiveError(
+                    f"unsupported primitive '{prim}'{self.where()}: the NPU has no lowering for it. "
+                    f"Supported: {', '.join(sorted(REGISTRY))}. Rewrite this part of the model with "
+                    "supported operations, or run it on the host before or after the compiled model")
+            else:
+                self.check_batch(eqn)
+                outs = rule(self, eqn, ins)
+            env.update(dict(zip(eqn.outvars, outs, strict=True)))
+        return [read(v) for v in jaxpr.outvars]
+
+    def where(self) -> str:
+        src = f" at {self.prov.source}" if self.prov.source else ""
+        mod = f" in module '{self.prov.module}'" if self.prov.module else ""
+        return src + mod
+
+    def error(self, problem: str) -> CompileError:
+        return CompileError(f"{self.prov.primitives[-1]}{self.where()}: {problem}")
+
+    def fold(self, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
+        params = {k: self._concrete(v) for k, v in eqn.params.items()}
+        out = eqn.primitive.bind(*[c.value for c in ins if isinstance(c, Const)], **params)
+        outs = out if eqn.primitive.multiple_results else [out]
+        # A reshaped or broadcast parameter keeps the parameter's name in the program's tensor table.
+        named = [c.name for c in ins if isinstance(c, Const) and c.name]
+        if len(named) == 1 and len(ins) == 1 and eqn.primitive.name in _LAYOUT:
+            return [Const(outs[0], named[0])]
+        return [Const(o, self._label()) for o in outs]
+
+    def _concrete(self, v: Any) -> Any:
+        # A parameter broadcast along the batch axis is the same for every item: fold it with batch 1.
+        if isinstance(v, tuple):
+            return tuple(self._concrete(x) for x in v)
+        if export.is_symbolic_dim(v):
+            if v == self.traced.batch:
+                return 1
+            raise self.error(f"a batch-invariant value has shape dimension {v}")
+        return v
+
+    def check_batch(self, eqn: core.JaxprEqn) -> None:
+        for var in eqn.outvars:
+            shape = var.aval.shape
+            bad = [i for i, d in enumerate(shape) if export.is_symbolic_dim(d) and (i or d != self.traced.batch)]
+            if bad:
+                raise self.error(
+                    f"the result has shape {_fmt(shape)}, which mixes the batch axis into axis {bad[0]}; the "
+                    "program keeps the batch axis leading and separate, so reshape per example, e.g. "
+                    "x.reshape(x.shape[0], -1), and keep axis 0 in place")
+            if not shape or not export.is_symbolic_dim(shape[0]):
+                raise self.error(
+                    f"the result has shape {_fmt(shape)} without the batch axis: it combines batch items "
+                    "(e.g. a reduction or contraction over axis 0), which one program for every batch size "
+                    "cannot do; compute it per example, or on the host after the model")
+
+    # ------------------------------------------------------------------ building blocks
+    def _label(self) -> str:
+        self._count += 1
+        return f"{self.prov.module or self.traced.name}/{self.prov.primitives[-1]}:{self._count}"
+
+    def new_tensor(self, shape: tuple[int, ...]) -> Tensor:
+        return Tensor(Buffer(self._label(), 4 * math.prod(shape), "act"), tuple(shape))
+
+    def weight(self, value: Any, shape: tuple[int, ...] | None = None, name: str = "") -> Tensor:
+        arr = np.asarray(value)
+        if arr.dtype.kind != "f":
+            raise self.error(f"a {arr.dtype} parameter meets the input; the NPU computes in float32 only")
+        arr = np.ascontiguousarray(arr, dtype=np.float32).reshape(shape if shape is not None else arr.shape)
+        key = (arr.shape, arr.tobytes())
+        buf = self._weights.get(key)
+        if buf is None:
+            buf = Buffer(name or self._label(), arr.nbytes, "weight", arr)
+            self._weights[key] = buf
+        return Tensor(buf, arr.shape)
+
+    def emit(self, opcode: OPCODE, dims: list[int], srcs: list[Tensor | None], dst: Tensor,
+             params: list[int] | None = None, act: FUNC = FUNC.NONE) -> Tensor:
+        self.ops.append(Op(opcode, dims, [*srcs, *[None] * (3 - len(srcs))], dst, self.prov, act,
+                           params or []))
+        return dst
+
+    def tensor(self, v: Value) -> Tensor:
+        """v as a stored per-item tensor: a pending broadcast is written out (x + 0)."""
+        if isinstance(v, BView):
+            return self.binary(BINOP.ADD, v, Const(np.float32(0)), v.shape)
+        if isinstance(v, Const):
+            raise self.error("this operand must depend on the input, but it is a constant")
+        return v
+
+    def unary(self, func: FUNC, x: Value) -> Tensor:
+        t = self.tensor(x)
+        return self.emit(OPCODE.UNARY, [t.size], [t], self.new_tensor(t.shape), [int(func)])
+
+    def binary(self, op: BINOP, a: Value, b: Value, shape: tuple[int, ...]) -> Tensor:
+        n = len(shape)
+        items = [self._operand(v, n) for v in (a, b)]
+        for copy in (False, True):
+            options = [tensor_modes(e, shape) if isinstance(v, Tensor) else weight_modes(e, shape, copy)
+                       for v, e in items]
+            k = choose_split(options, n)
+            if k is not None:
+                break
+        else:
+            raise self.error(f"operand shapes {[e for _, e in items]} broadcast to {shape} in a way "
+                             "BINARY's row/column/scalar modes cannot express")
+        srcs, modes = [], []
+        for (v, e), opts in zip(items, options, strict=True):
+            mode = opts[k]
+            if isinstance(v, Tensor):
+                srcs.append(Tensor(v.buf, v.shape))
+            elif mode == BCAST.SCALAR:
+                srcs.append(self.weight(np.asarray(v.value).reshape(1), name=v.name))
+            else:
+                srcs.append(self.weight(materialize_row(np.asarray(v.value).reshape(e), shape, k),
+                                        name=v.name))
+            modes.append(int(mode))
+        dims = [math.prod(shape[:k]), math.prod(shape[k:])]
+        return self.emit(OPCODE.BINARY, dims, srcs, self.new_tensor(shape), [int(op), *modes])
+
+    def _operand(self, v: Value, n: int) -> tuple[Const | Tensor, tuple[int, ...]]:
+        """A BINARY operand and its per-item shape at the output's rank."""
+        if isinstance(v, BView):
+            return v.src, v.src.shape
+        if isinstance(v, Tensor):
+            return v, v.shape
+        arr = np.asarray(v.value)
+        if arr.ndim == 0:
+            return Const(arr.reshape((1,) * n), v.name), (1,) * n
+        if arr.ndim != n + 1 or arr.shape[0] != 1:
+            raise self.error(f"a constant of shape {arr.shape} meets a per-item tensor of rank {n}")
+        return Const(arr.reshape(arr.shape[1:]), v.name), tuple(arr.shape[1:])
+
+
+_LAYOUT = {"reshape", "broadcast_in_dim", "convert_element_type", "squeeze", "expand_dims", "transpose"}
+
+
+def _fmt(shape: tuple[Any, ...]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def item_shape(var: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in var.aval.shape[1:])
+
+
+# ---------------------------------------------------------------------------------------- rules
+Rule = Callable[[Lowering, core.JaxprEqn, list[Value]], list[Value]]
+
+
+def _identity(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
+    if eqn.primitive.name == "convert_element_type" and np.dtype(eqn.params["new_dtype"]) != np.float32:
+        raise lw.error(f"conversion to {np.dtype(eqn.params['new_dtype'])}: the NPU computes in float32 only")
+    return ins[:1]
+
+
+def _unary(func: FUNC) -> Rule:
+    return lambda lw, eqn, ins: [lw.unary(func, ins[0])]
+
+
+def _binary(op: BINOP) -> Rule:
+    return lambda lw, eqn, ins: [lw.binary(op, ins[0], ins[1], item_shape(eqn.outvars[0]))]
+
+
+def _integer_pow(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
+    y = int(eqn.params["y"])
+    if y == 1:
+        return ins[:1]
+    if y == 2:
+        return [lw.unary(FUNC.SQUARE, ins[0])]
+    return [lw.binary(BINOP.POW, ins[0], Const(np.float32(y)), item_shape(eqn.outvars[0]))]
+
+
+def _erfc(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
+    erf = lw.unary(FUNC.ERF, ins[0])
+    return [lw.binary(BINOP.SUB, Const(np.float32(1)), erf, erf.shape)]
+
+
+def _reduce(kind: REDUCE) -> Rule:
+    def rule(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
+        x = lw.tensor(ins[0])
+        axes = sorted(a - 1 for a in eqn.params["axes"])  # check_batch already refused axis 0
+        n = len(x.shape)
+        if axes != list(range(n - len(axes), n)):
+            raise lw.error(f"reduces per-item axes {axes} of shape {x.shape}: REDUCE works over the "
+                           "trailing axes only; move the reduced axes last")
+        keep = x.shape[: n - len(axes)]
+        dims = [math.prod(keep), math.prod(x.shape[n - len(axes):])]
+        return [lw.emit(OPCODE.REDUCE, dims, [x], lw.new_tensor(keep), [int(kind)])]
+    return rule
+
+
+def _view(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
+    # Per-item tensors are contiguous row-major blocks, so any reshape that keeps the batch axis
+    # leading (check_batch) is a new shape on the same bytes.
+    if eqn.params.get("dimensions") is not None:
+        raise lw.error("reshape with a 'dimensions' permutation needs a transpose, which the NPU lacks")
+    x = lw.tensor(ins[0])
+    return [Tensor(x.buf, item_shape(eqn.outvars[0]))]
+
+
+def _transpose(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
+    x = lw.tensor(ins[0])
+    perm = [p - 1 for p in eqn.params["permutation"][1:]]
+    moved = [p for p in perm if x.shape[p] != 1]
+    if eqn.params["permutation"][0] != 0 or moved != sorted(moved):
+        raise UnsupportedPrimitiveError(
+            f"unsupported primitive 'transpose'{lw.where()}: permutation {eqn.params['permutation']} "
+            "moves data and the NPU has no transpose op; transpose the weights instead, or keep the "
+            "per-example layout")
+    return [Tensor(x.buf, item_shape(eqn.outvars[0]))]
+
+
+def _broadcast_in_dim(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
+    x = lw.tensor(ins[0])
+    dims = eqn.params["broadcast_dimensions"]
+    if not dims or dims[0] != 0:
+        raise lw.error("broadcast_in_dim moves the batch axis away from axis 0")
+    shape = item_shape(eqn.outvars[0])
+    e = [1] * len(shape)
+    for src_axis, d in enumerate(dims[1:]):
+        e[d - 1] = x.shape[src_axis]
+    src = Tensor(x.buf, tuple(e))
+    return [src if tuple(e) == shape else BView(src, shape)]
+
+
+def _dot_general(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    lhs, rhs = ins
+    if isinstance(lhs, Const) or not isinstance(rhs, Const):
+        raise lw.error("MATMUL multiplies a per-item tensor (left) by weights (right); here "
+                       f"{'both operands depend' if not isinstance(rhs, Const) else 'the right operand depends'}"
+                       " on the input (e.g. attention scores), which the NPU cannot run")
+    if lb or rb:
+        raise lw.error("dot_general with batch dimensions over weights is not supported")
+    x = lw.tensor(lhs)
+    rank = len(x.shape) + 1
+    if sorted(lc) != list(lc) or list(lc) != list(range(rank - len(lc), rank)):
+        raise lw.error(f"contracts axes {list(lc)} of a rank-{rank} tensor: MATMUL contracts the trailing "
+                       "axes, in order")
+    w = np.asarray(rhs.value)
+    free = [a for a in range(w.ndim) if a not in rc]
+    w = np.transpose(w, [*rc, *free])
+    k = math.prod(w.shape[: len(rc)])
+    n = math.prod(w.shape[len(rc):])
+    m_shape = x.shape[: len(x.shape) - len(lc)]
+    kernel = lw.weight(w, (k, n), rhs.name)
+    out = lw.new_tensor(item_shape(eqn.outvars[0]))
+    return [lw.emit(OPCODE.MATMUL, [math.prod(m_shape), k, n], [Tensor(x.buf, (math.prod(m_shape), k)), kernel],
+                    out)]
+
+
+REGISTRY: dict[str, Rule | Inline] = {
+    # call-like wrappers: their bodies are lowered in place
+    "jit": Inline("jaxpr"), "pjit": Inline("jaxpr"), "custom_jvp_call": Inline("call_jaxpr"),
+    "custom_vjp_call": Inline("call_jaxpr"),
+    # layout: views of the same bytes
+    "reshape": _view, "squeeze": _view, "expand_dims": _view, "broadcast_in_dim": _broadcast_in_dim,
+    "transpose": _transpose,
+    "stop_gradient": _identity, "copy": _identity, "copy_p": _identity, "convert_element_type": _identity,
+    # MATMUL
+    "dot_general": _dot_general,
+    # BINARY
+    "add": _binary(BINOP.ADD), "sub": _binary(BINOP.SUB), "mul": _binary(BINOP.MUL),
+    "div": _binary(BINOP.DIV), "max": _binary(BINOP.MAX), "min": _binary(BINOP.MIN),
+    "pow": _binary(BINOP.POW), "integer_pow": _integer_pow,
+    # UNARY
+    "exp": _unary(FUNC.EXP), "log": _unary(FUNC.LOG), "neg": _unary(FUNC.NEG), "sqrt": _unary(FUNC.SQRT),
+    "rsqrt": _unary(FUNC.RSQRT), "tanh": _unary(FUNC.TANH), "logistic": _unary(FUNC.SIGMOID),
+    "erf": _unary(FUNC.ERF), "abs": _unary(FUNC.ABS), "square": _unary(FUNC.SQUARE), "erfc": _erfc,
+    # REDUCE
+    "reduce_sum": _reduce(REDUCE.SUM), "reduce_max": _reduce(REDUCE.MAX), "reduce_min": _reduce(REDUCE.MIN),
+}
+
+
+def lower(traced: Traced) -> Graph:
+    """The whole model as IR ops, with the input and outputs placed in their segments."""
+    lw = Lowering(traced)
+    x = Tensor(Buffer("input", 4 * math.prod(traced.item_shape), "input"), traced.item_shape)
+    jaxpr = traced.jaxpr
+    params = [Const(v, name) for name, v in traced.params]
+    outs = lw.run(jaxpr.jaxpr, list(jaxpr.consts), [*params, x], source_info_util.new_name_stack(), None)
+    lw.prov = Provenance("", None, ("output",))
+    tensors = []
+    for i, v in enumerate(outs):
+        if isinstance(v, Const):
+            raise CompileError(f"output {i} of {traced.name} does not depend on the input; return only "
+                               "values computed from the input (constants can be added on the host)")
+        tensors.append(lw.tensor(v))
+    graph = Graph(lw.ops, x, tensors, traced.out_tree, traced.name)
+    place_outputs(graph, lw)
+    return graph
+
+
+def place_outputs(graph: Graph, lw: Lowering) -> None:
+    """Give each output its own write-only buffer; copy when the value is also read, or is the input."""
+    seen: set[int] = set()
+    for i, t in enumerate(graph.outputs):
+        buf = t.buf
+        if buf.kind != "act" or id(buf) in seen or graph.users(buf):
+            lw.prov = Provenance("", None, ("copy",))
+            t = lw.emit(OPCODE.UNARY, [t.size], [t], lw.new_tensor(t.shape), [int(FUNC.NONE)])
+            graph.outputs[i] = t
+        seen.add(id(t.buf))
+        t.buf.kind = "output"
+        t.buf.name = f"output{i}" if len(graph.outputs) > 1 else "output"
