@@ -26,12 +26,14 @@ from .errors import (
 )
 from .program import Program
 from .runtime.device import Device, open
+from .runtime.discovery import DeviceEntry, devices
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CompileError", "Device", "DeviceError", "DeviceTimeout", "FirmwareError", "FlaxNpuError", "JobError",
-    "Program", "ProgramFormatError", "UnsupportedPrimitiveError", "__version__", "compile", "open",
+    "CompileError", "Device", "DeviceEntry", "DeviceError", "DeviceTimeout", "FirmwareError", "FlaxNpuError",
+    "JobError", "Program", "ProgramFormatError", "UnsupportedPrimitiveError", "__version__", "compile", "devices",
+    "open",
 ]
 
 

@@ -18,6 +18,26 @@ class Device:
 
     name = "device"
 
+    def load(self, program: Program, *, max_batch: int | None = None) -> Any:
+        """Put a program on the device; returns a callable model (numpy in, numpy out)."""
+        raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DriverDevice(Device):
+    """A device this process drives itself through the user-space driver (in-process sim, VFIO)."""
+
     def __init__(self, driver: UserDriver) -> None:
         self.driver = driver
         self._models: list[LoadedModel] = []
@@ -34,19 +54,13 @@ class Device:
         return {"name": self.name, "state": self.driver.state_name(),
                 "firmware": self.driver.firmware_version, "heartbeat": regs.read(hw.Reg.HEARTBEAT),
                 "jobs_done": regs.read(hw.Reg.JOBS_DONE), "jobs_failed": regs.read(hw.Reg.JOBS_FAILED),
-                "cycles": regs.read64(hw.Reg.CYCLES_LO)}
+                "resets": self.driver.recoveries, "cycles": regs.read64(hw.Reg.CYCLES_LO)}
 
     def close(self) -> None:
         for m in self._models:
             m.unload()
         self._models.clear()
         self.driver.close()
-
-    def __enter__(self) -> Device:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def open(spec: str = "auto", **options: Any) -> Device:
@@ -59,5 +73,7 @@ def open(spec: str = "auto", **options: Any) -> Device:
 
         return SimDevice(**options)
     if spec.startswith("/dev/"):
-        raise DeviceError(f"{spec}: the kernel-driver backend is not built yet (issue 3); use open('sim')")
+        from .kdev import KernelDevice
+
+        return KernelDevice(spec, **options)
     raise DeviceError(f"unknown device {spec!r}: use 'auto', 'sim' or a /dev/flaxnpuN path")

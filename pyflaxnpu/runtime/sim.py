@@ -7,13 +7,13 @@ import os
 from flaxnpu_abi import hw
 from flaxnpu_abi.regio import RegisterBlock
 
-from .device import Device
+from .device import DriverDevice
 from .dma import DmaAllocator
 from .firmware import find_image
 from .udriver import UserDriver
 
 
-class SimDevice(Device):
+class SimDevice(DriverDevice):
     name = "sim"
 
     def __init__(self, *, memory_size: int = 512 << 20, firmware: str | os.PathLike | None = None) -> None:
