@@ -16,7 +16,6 @@
 static struct fnpu_sq_entry sq;
 static struct fnpu_seg_entry segs[FNPU_MAX_SEGMENTS];
 static struct fnpu_op ops[OP_CHUNK];
-static struct fnpu_op resolved;
 static struct fnpu_sq_fetch_args fetch_args;
 static struct fnpu_mmu_args mmu_args;
 static struct fnpu_dma_args dma_args;
@@ -107,10 +106,10 @@ static FW_MUST_CHECK enum fnpu_status run_chunk(uint32_t first, uint32_t n, cons
 		uint32_t c;
 
 		fail->op_index = first + i;
-		st = op_resolve(&ops[i], job, &resolved, &fail->info);
+		st = op_resolve(&ops[i], job, &fail->info);
 		if (st != FNPU_STATUS_OK)
 			return st;
-		st = kick(FNPU_CORE_ENG_KICK, &resolved, &fail->info);
+		st = kick(FNPU_CORE_ENG_KICK, &ops[i], &fail->info);
 		if (st != FNPU_STATUS_OK)
 			return st;
 		c = mmio_read(FNPU_CORE_CYCLES);

@@ -6,54 +6,37 @@
  * has overflowed.
  */
 #include "op_check.h"
-#include "util.h"
 
 enum { REF_SRC0, REF_SRC1, REF_SRC2, REF_DST, REF_COUNT };
 
 #define USES(r) (1u << (r))
 #define OP_FIELD(field) ((uint32_t)offsetof(struct fnpu_op, field))
 
-/* What an opcode uses: how many dims, which operands, the largest value of each params word. */
+/* What an opcode uses: how many dims, which operands (MATMUL's src2 only with BIAS), the largest
+ * value of each params word (0: the word must be zero). Indexed by opcode. */
 struct op_shape {
-	uint32_t ndims;
-	uint32_t refs;		/* USES() bits */
-	uint32_t param_max[8];	/* 0: the word must be zero */
+	uint8_t ndims;
+	uint8_t refs;			/* USES() bits */
+	uint8_t param_max[8];
+};
+
+static const struct op_shape shapes[] = {
+	[FNPU_OPCODE_MATMUL] = { 3, USES(REF_SRC0) | USES(REF_SRC1) | USES(REF_DST), { 0 } },
+	[FNPU_OPCODE_BINARY] = { 2, USES(REF_SRC0) | USES(REF_SRC1) | USES(REF_DST),
+				 { FNPU_BINOP_POW, FNPU_BCAST_SCALAR, FNPU_BCAST_SCALAR } },
+	[FNPU_OPCODE_UNARY] = { 1, USES(REF_SRC0) | USES(REF_DST), { FNPU_FUNC_ERF } },
+	[FNPU_OPCODE_SOFTMAX] = { 2, USES(REF_SRC0) | USES(REF_DST), { 0 } },
+	[FNPU_OPCODE_REDUCE] = { 2, USES(REF_SRC0) | USES(REF_DST), { FNPU_REDUCE_MIN } },
 };
 
 static FW_MUST_CHECK enum fnpu_status op_shape_of(const struct fnpu_op *op, struct op_shape *shape)
 {
-	memset(shape, 0, sizeof(*shape));
-	switch (op->opcode) {
-	case FNPU_OPCODE_MATMUL:
-		shape->ndims = 3;
-		shape->refs = USES(REF_SRC0) | USES(REF_SRC1) | USES(REF_DST);
-		if (op->flags & FNPU_OP_FLAG_BIAS)
-			shape->refs |= USES(REF_SRC2);
-		return FNPU_STATUS_OK;
-	case FNPU_OPCODE_BINARY:
-		shape->ndims = 2;
-		shape->refs = USES(REF_SRC0) | USES(REF_SRC1) | USES(REF_DST);
-		shape->param_max[0] = FNPU_BINOP_POW;
-		shape->param_max[1] = FNPU_BCAST_SCALAR;
-		shape->param_max[2] = FNPU_BCAST_SCALAR;
-		return FNPU_STATUS_OK;
-	case FNPU_OPCODE_UNARY:
-		shape->ndims = 1;
-		shape->refs = USES(REF_SRC0) | USES(REF_DST);
-		shape->param_max[0] = FNPU_FUNC_ERF;
-		return FNPU_STATUS_OK;
-	case FNPU_OPCODE_SOFTMAX:
-		shape->ndims = 2;
-		shape->refs = USES(REF_SRC0) | USES(REF_DST);
-		return FNPU_STATUS_OK;
-	case FNPU_OPCODE_REDUCE:
-		shape->ndims = 2;
-		shape->refs = USES(REF_SRC0) | USES(REF_DST);
-		shape->param_max[0] = FNPU_REDUCE_MIN;
-		return FNPU_STATUS_OK;
-	default:
+	if (op->opcode == 0 || op->opcode >= FW_ARRAY_SIZE(shapes))
 		return FNPU_STATUS_OP_OPCODE;
-	}
+	*shape = shapes[op->opcode];
+	if (op->opcode == FNPU_OPCODE_MATMUL && (op->flags & FNPU_OP_FLAG_BIAS))
+		shape->refs |= USES(REF_SRC2);
+	return FNPU_STATUS_OK;
 }
 
 /* Elements a BINARY operand holds under its broadcast mode (params checked already). */
@@ -216,12 +199,10 @@ static uint32_t ref_is_zero(const struct fnpu_tensor_ref *ref)
 	return !ref->offset && !ref->size && !ref->seg && !ref->dtype && !ref->flags;
 }
 
-enum fnpu_status op_resolve(const struct fnpu_op *op, const struct op_job *job, struct fnpu_op *out,
-			    uint32_t *info)
+enum fnpu_status op_resolve(struct fnpu_op *op, const struct op_job *job, uint32_t *info)
 {
-	const struct fnpu_tensor_ref *refs[REF_COUNT] = { &op->src0, &op->src1, &op->src2, &op->dst };
-	struct fnpu_tensor_ref *out_refs[REF_COUNT] = { &out->src0, &out->src1, &out->src2, &out->dst };
-	uint64_t offsets[REF_COUNT] = { 0 }, sizes[REF_COUNT] = { 0 }, elems[REF_COUNT] = { 0 };
+	struct fnpu_tensor_ref *refs[REF_COUNT] = { &op->src0, &op->src1, &op->src2, &op->dst };
+	uint64_t offsets[REF_COUNT], sizes[REF_COUNT], elems[REF_COUNT];
 	uint64_t dims[6];
 	struct op_shape shape;
 	enum fnpu_status st;
@@ -254,18 +235,17 @@ enum fnpu_status op_resolve(const struct fnpu_op *op, const struct op_job *job, 
 		}
 	}
 
-	/* Every check passed: only now write the resolved op. The bounds checks above keep every
-	 * scaled offset and size within a 32-bit segment, and every dim within MAX_DIM. */
-	memcpy(out, op, sizeof(*out));
-	out->scale_mask = 0;
-	for (uint32_t i = 0; i < FW_ARRAY_SIZE(out->dims); i++)
-		out->dims[i] = (uint32_t)dims[i];
+	/* Every check passed: only now rewrite the op. The bounds checks above keep every scaled
+	 * offset and size within a 32-bit segment, and every dim within MAX_DIM. */
+	op->scale_mask = 0;
+	for (uint32_t i = 0; i < FW_ARRAY_SIZE(op->dims); i++)
+		op->dims[i] = (uint32_t)dims[i];
 	for (uint32_t r = 0; r < REF_COUNT; r++) {
 		if (!(shape.refs & USES(r)))
 			continue;
-		out_refs[r]->offset = (uint32_t)offsets[r];
-		out_refs[r]->size = (uint32_t)sizes[r];
-		out_refs[r]->flags = 0;
+		refs[r]->offset = (uint32_t)offsets[r];
+		refs[r]->size = (uint32_t)sizes[r];
+		refs[r]->flags = 0;
 	}
 	return FNPU_STATUS_OK;
 }

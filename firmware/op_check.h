@@ -14,15 +14,14 @@ struct op_job {
 };
 
 /*
- * Check op against the job and write the op with the batch applied to out (dims and SCALED refs
- * multiplied, scale_mask and REF_FLAG_SCALED cleared). Nothing is written to out unless every check
- * passes. On failure *info says what was wrong:
+ * Check op against the job, then apply the batch to it in place (dims and SCALED refs multiplied,
+ * scale_mask and REF_FLAG_SCALED cleared). The op is left untouched unless every check passes.
+ * On failure *info says what was wrong:
  *   OP_OPCODE, OP_FUNC, OP_FLAGS, OP_DTYPE, OP_SEGMENT, OP_RIGHTS: the offending value
  *   OP_RESERVED, OP_PARAM, OP_DIMS: byte offset of the offending field in the op descriptor
  *   OP_BOUNDS: the operand's offset after scaling (0xffffffff if that overflows 32 bits)
  *   OP_SIZE: the operand's size after scaling
  */
-FW_MUST_CHECK enum fnpu_status op_resolve(const struct fnpu_op *op, const struct op_job *job,
-					  struct fnpu_op *out, uint32_t *info);
+FW_MUST_CHECK enum fnpu_status op_resolve(struct fnpu_op *op, const struct op_job *job, uint32_t *info);
 
 #endif /* FW_OP_CHECK_H */

@@ -26,6 +26,14 @@ void *memset(void *dst, int c, size_t n)
 {
 	uint8_t *d = dst;
 
+	if ((((uintptr_t)d | n) & 3) == 0) {
+		uint32_t *dw = dst;
+		uint32_t w = (uint8_t)c * 0x01010101u;
+
+		for (size_t i = 0; i < n / 4; i++)
+			dw[i] = w;
+		return dst;
+	}
 	for (size_t i = 0; i < n; i++)
 		d[i] = (uint8_t)c;
 	return dst;
