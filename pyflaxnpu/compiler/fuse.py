@@ -22,6 +22,7 @@ ACTIVATIONS = [FUNC.RELU, FUNC.GELU_TANH, FUNC.GELU_ERF, FUNC.SIGMOID, FUNC.TANH
 
 
 def run(graph: Graph) -> None:
+    deduplicate(graph)
     fuse_softmax(graph)
     fuse_bias(graph)
     fuse_activations(graph)
@@ -40,6 +41,23 @@ def _replace(graph: Graph, remove: list[Op], new: Op | None, at: Op) -> None:
 
 def _only_users(graph: Graph, buf: Buffer, ops: list[Op]) -> bool:
     return not graph.is_output(buf) and all(any(u is o for o in ops) for u in graph.users(buf))
+
+
+# ---------------------------------------------------------------------------------------- CSE
+def deduplicate(graph: Graph) -> None:
+    """Compute each (op, operands) once: jax repeats work the model repeats, e.g. relu(x) * relu(x)."""
+    seen: dict[tuple[object, ...], Op] = {}
+    for op in list(graph.ops):
+        key = (op.opcode, tuple(op.dims), tuple(op.params), op.act, op.bias,
+               tuple((id(t.buf), t.shape) if t is not None else None for t in op.srcs))
+        first = seen.get(key)
+        if first is None or graph.is_output(op.dst.buf):
+            seen.setdefault(key, op)
+            continue
+        for user in graph.users(op.dst.buf):
+            user.srcs = [Tensor(first.dst.buf, t.shape) if t is not None and t.buf is op.dst.buf else t
+                         for t in user.srcs]
+        graph.ops.remove(op)
 
 
 # ---------------------------------------------------------------------------------------- softmax
@@ -223,7 +241,9 @@ def fuse_activations(graph: Graph) -> None:
     changed = True
     while changed:
         changed = False
-        for out in reversed(graph.ops):
+        # Front to back: an early op's activation goes into its producer (tanh of a MATMUL) before a
+        # later op can claim it; a longer chain still matches later, since acts are part of evaluation.
+        for out in list(graph.ops):
             if not _elementwise(out):
                 continue
             found = _match(graph, out)

@@ -118,7 +118,9 @@ class Lowering:
         if export.is_symbolic_dim(v):
             if v == self.traced.batch:
                 return 1
-            raise self.error(f"a batch-invariant value has shape dimension {v}")
+            raise self.error(
+                f"uses the batch size as a value ({v}), e.g. a mean over the batch axis; one program runs "
+                "every batch size, so combine batch items on the host, after the model")
         return v
 
     def check_batch(self, eqn: core.JaxprEqn) -> None:
