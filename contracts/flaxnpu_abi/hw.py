@@ -89,7 +89,7 @@ class STATUS(IntEnum):
     JOB_OPCODE = 0x11  # unknown job opcode
     JOB_FLAGS = 0x12  # unknown job flags
     JOB_RESERVED = 0x13  # reserved job field is not zero
-    JOB_BATCH = 0x14  # batch is zero or makes a size overflow
+    JOB_BATCH = 0x14  # batch is zero (a size the batch overflows fails its op with OP_DIMS or OP_BOUNDS)
     JOB_PROGRAM = 0x15  # op stream lies outside its segment or op_count is zero
     SEG_COUNT = 0x20  # seg_count is zero or above MAX_SEGMENTS
     SEG_TABLE = 0x21  # segment table lies outside host memory
@@ -131,7 +131,7 @@ STATUS_DOC = {
     STATUS.JOB_OPCODE: 'unknown job opcode',
     STATUS.JOB_FLAGS: 'unknown job flags',
     STATUS.JOB_RESERVED: 'reserved job field is not zero',
-    STATUS.JOB_BATCH: 'batch is zero or makes a size overflow',
+    STATUS.JOB_BATCH: 'batch is zero (a size the batch overflows fails its op with OP_DIMS or OP_BOUNDS)',
     STATUS.JOB_PROGRAM: 'op stream lies outside its segment or op_count is zero',
     STATUS.SEG_COUNT: 'seg_count is zero or above MAX_SEGMENTS',
     STATUS.SEG_TABLE: 'segment table lies outside host memory',

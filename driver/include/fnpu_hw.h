@@ -74,7 +74,7 @@ enum fnpu_status {
 	FNPU_STATUS_JOB_OPCODE = 0x11, /* unknown job opcode */
 	FNPU_STATUS_JOB_FLAGS = 0x12, /* unknown job flags */
 	FNPU_STATUS_JOB_RESERVED = 0x13, /* reserved job field is not zero */
-	FNPU_STATUS_JOB_BATCH = 0x14, /* batch is zero or makes a size overflow */
+	FNPU_STATUS_JOB_BATCH = 0x14, /* batch is zero (a size the batch overflows fails its op with OP_DIMS or OP_BOUNDS) */
 	FNPU_STATUS_JOB_PROGRAM = 0x15, /* op stream lies outside its segment or op_count is zero */
 	FNPU_STATUS_SEG_COUNT = 0x20, /* seg_count is zero or above MAX_SEGMENTS */
 	FNPU_STATUS_SEG_TABLE = 0x21, /* segment table lies outside host memory */
