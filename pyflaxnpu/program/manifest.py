@@ -23,7 +23,7 @@ _SEG_NAMES = {prog.SEG_PROGRAM: "PROGRAM", prog.SEG_ARENA: "ARENA", prog.SEG_INP
 
 
 def _fail(path: str, problem: str) -> ProgramFormatError:
-    return ProgramFormatError(f"program manifest: {path} {problem}")
+    return ProgramFormatError(f"program manifest: {path} {problem}" if path else f"program manifest {problem}")
 
 
 def _is(value: Any, kind: type) -> bool:
