@@ -3,6 +3,7 @@
     flaxnpu info [--device sim]                       boot the device and print what it reports
     flaxnpu report MODEL.fnpu                         the program's ops, module paths and sizes
     flaxnpu run MODEL.fnpu INPUT.npy [-o OUT.npy]     run one input array (leading batch axis)
+    flaxnpu vm [--npus N] -- CMD ARGS...              run CMD in a QEMU guest with N NPUs and the driver
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import numpy as np
 
 from . import FlaxNpuError, Program, open
+from .vm.cli import add_parser as add_vm_parser
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", help="write the (first) output to this .npy file")
     p.add_argument("--device", default="auto")
     p.set_defaults(fn=cmd_run)
+    add_vm_parser(sub)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

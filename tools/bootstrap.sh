@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(gcc-riscv64-unknown-elf make)
+# qemu-system-x86 .. gcc-12: `flaxnpu vm` (the QEMU tier): QEMU, the guest initramfs, depmod, the driver build.
+APT_PACKAGES=(gcc-riscv64-unknown-elf make qemu-system-x86 busybox-static kmod cpio xz-utils gcc-12)
 VENV=.venv
 PYTHON=${PYTHON:-python3}
 
