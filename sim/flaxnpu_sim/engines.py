@@ -9,6 +9,7 @@ OP_BOUNDS, and the byte offset of the field inside the descriptor for OP_RESERVE
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,7 +120,7 @@ def check_op(op: np.void, segments: Segments) -> Plan:
             segments.check(seg, off, size, SEG_FLAG.WRITE if slot == "dst" else SEG_FLAG.READ)
         except SegmentError as e:
             raise EngineError(e.status, e.info, f"{slot}: {e}") from None
-        want = int(np.prod(shapes[slot])) * F32.itemsize
+        want = math.prod(shapes[slot]) * F32.itemsize
         if size != want:
             raise EngineError(STATUS.OP_SIZE, size, f"{slot} has {size} bytes, {opcode.name} needs {want}")
         refs[slot] = (seg, off)
@@ -129,7 +130,7 @@ def check_op(op: np.void, segments: Segments) -> Plan:
 def _load(plan: Plan, segments: Segments, slot: str) -> np.ndarray:
     seg, off = plan.refs[slot]
     shape = plan.shapes[slot]
-    return segments.ndarray(seg, off, int(np.prod(shape)), F32).reshape(shape)
+    return segments.ndarray(seg, off, math.prod(shape), F32).reshape(shape)
 
 
 def _compute(plan: Plan, segments: Segments) -> tuple[np.ndarray, list[np.ndarray]]:
