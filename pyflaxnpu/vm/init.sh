@@ -61,7 +61,7 @@ fi
 [ -d /sys/kernel/debug ] && mount -t debugfs debugfs /host/sys/kernel/debug 2>/dev/null
 
 if [ -n "$KO" ]; then
-	insmod /flaxnpu.ko || fail "insmod $KO failed (see the kernel messages above)"
+	insmod /flaxnpu.ko || fail "insmod $KO failed"
 fi
 echo "FLAXNPU-VM-START"
 chroot /host /bin/sh -c "$(cat /cmd.sh)"
