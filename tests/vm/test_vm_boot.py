@@ -1,51 +1,18 @@
 """`flaxnpu vm` smoke tests: a real QEMU guest (TCG, ~5 s per boot). They fail, never skip, when QEMU or the
 kernel cannot run: the vm tier is part of `make test` (tools/bootstrap.sh installs QEMU and friends)."""
 
-import contextlib
-import fcntl
 import json
 import subprocess
-import sys
-import time
-from pathlib import Path
 
-import pytest
+import vmrun
 from flaxnpu_abi import hw
 from flaxnpu_abi.hw import CTRL, Reg
-
-REPO = Path(__file__).resolve().parents[2]
-FLAXNPU = [sys.executable, "-m", "pyflaxnpu.cli", "vm"]
+from vmrun import FLAXNPU, REPO, explain
 
 
-# One TCG guest at a time on a small host: others running `flock /tmp/flaxnpu-qemu.lock flaxnpu vm ...`
-# and these tests take turns instead of starving each other into boot timeouts.
-LOCK = Path("/tmp/flaxnpu-qemu.lock")
-
-
-@contextlib.contextmanager
-def qemu_turn(wait: float = 600):
-    with open(LOCK, "a") as f:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"another QEMU guest held {LOCK} for over {wait:.0f} s")
-                time.sleep(0.5)
-        yield
-
-
-def vm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def vm(*args: str, timeout: float = 300):
     # --no-driver: these test the VM and the device transport; the driver has its own guest tests.
-    with qemu_turn():
-        return subprocess.run([*FLAXNPU, "--no-driver", "--timeout", str(timeout - 30), *args], cwd=REPO,
-                              capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def explain(res: subprocess.CompletedProcess) -> str:
-    return f"exit {res.returncode}\n--- stdout\n{res.stdout[-3000:]}\n--- stderr\n{res.stderr[-3000:]}"
+    return vmrun.vm("--no-driver", *args, timeout=timeout)
 
 
 def test_command_status_and_output_come_back():
