@@ -238,7 +238,9 @@ static ssize_t flaxnpu_cmd_one(struct flaxnpu_ctx *ctx, const char __user *ubuf,
 	default:
 		ret = -EINVAL;
 	}
-	return ret ? ret : hdr.size;
+	if (ret)
+		return ret;
+	return hdr.size;
 }
 
 ssize_t flaxnpu_cmd_write(struct flaxnpu_ctx *ctx, const char __user *buf, size_t count)
@@ -254,7 +256,7 @@ ssize_t flaxnpu_cmd_write(struct flaxnpu_ctx *ctx, const char __user *buf, size_
 		done += ret;
 	}
 	mutex_unlock(&ctx->lock);
-	return done ? done : ret;
+	return done ? (ssize_t)done : ret;
 }
 
 static size_t flaxnpu_resp_size(struct flaxnpu_resp *resp, u32 *out_len)
@@ -376,7 +378,7 @@ ssize_t flaxnpu_cmd_read(struct flaxnpu_ctx *ctx, char __user *buf, size_t count
 		done += size;
 	}
 	mutex_unlock(&ctx->read_lock);
-	return done ? done : ret;
+	return done ? (ssize_t)done : ret;
 }
 
 __poll_t flaxnpu_cmd_poll(struct flaxnpu_ctx *ctx, struct file *file, poll_table *wait)

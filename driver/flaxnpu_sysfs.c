@@ -53,7 +53,9 @@ static ssize_t inject_fault_store(struct device *dev, struct device_attribute *a
 	if (!sysfs_streq(buf, "hang"))
 		return -EINVAL;
 	ret = flaxnpu_pm_inject(to_fdev(dev), FNPU_FAULT_HANG);
-	return ret ? ret : count;
+	if (ret)
+		return ret;
+	return count;
 }
 static DEVICE_ATTR_WO(inject_fault);
 
