@@ -175,14 +175,16 @@ int flaxnpu_job_submit(struct flaxnpu_device *fdev, struct flaxnpu_job *job)
 	kref_get(&job->ref);
 	fdev->slots[slot] = job;
 	list_add_tail(&job->node, &fdev->inflight);
-	if (!fdev->inflight_count++)
+	if (!fdev->inflight_count++) {
+		/* The hang timer runs only while jobs are in flight, from now. */
 		fdev->progress = ktime_get();
+		flaxnpu_pm_timeouts_refresh(fdev);
+		mod_delayed_work(system_wq, &fdev->tdr, msecs_to_jiffies(fdev->tmo.job_ms));
+	}
 	fdev->sq_tail++;
 	job->submitted = ktime_get();
 	REG_WR(fdev, SQ_TAIL, fdev->sq_tail);
 	flaxnpu_hw_doorbell(fdev, FNPU_DOORBELL_SUBMIT);
-	if (!delayed_work_pending(&fdev->tdr))
-		schedule_delayed_work(&fdev->tdr, msecs_to_jiffies(fdev->tmo.job_ms));
 out:
 	mutex_unlock(&fdev->lock);
 	return ret;
@@ -279,6 +281,8 @@ static int flaxnpu_job_reap(struct flaxnpu_device *fdev, struct list_head *done)
 		return 0;
 	REG_WR(fdev, CQ_HEAD, fdev->cq_head);
 	fdev->progress = ktime_get();
+	if (!fdev->inflight_count)
+		cancel_delayed_work(&fdev->tdr);
 	/* The firmware idles when the completion ring is full: tell it there is room. */
 	if (REG_RD(fdev, SQ_HEAD) != fdev->sq_tail)
 		flaxnpu_hw_doorbell(fdev, FNPU_DOORBELL_SUBMIT);

@@ -42,6 +42,12 @@ void flaxnpu_pm_timeouts_init(struct flaxnpu_device *fdev)
 	fdev->tmo.poll_ms = 10;
 }
 
+/* job_timeout_ms is writable at run time: tests lower it before hanging the device. */
+void flaxnpu_pm_timeouts_refresh(struct flaxnpu_device *fdev)
+{
+	fdev->tmo.job_ms = max(READ_ONCE(job_timeout_ms), 1U);
+}
+
 u32 flaxnpu_pm_ring_entries(void)
 {
 	return clamp_t(u32, roundup_pow_of_two(max(ring_entries, 2U)),
@@ -83,7 +89,6 @@ void flaxnpu_pm_recover_locked(struct flaxnpu_device *fdev, struct flaxnpu_job *
 
 	lockdep_assert_held(&fdev->lock);
 	fdev->resets++;
-	fdev->tmo.job_ms = max(READ_ONCE(job_timeout_ms), 1U);
 	if (!READ_ONCE(recovery)) {
 		WRITE_ONCE(fdev->ready, false);
 		flaxnpu_job_abort_all(fdev, hung, done);

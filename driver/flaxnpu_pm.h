@@ -6,6 +6,7 @@
 #include "flaxnpu_drv.h"
 
 void flaxnpu_pm_timeouts_init(struct flaxnpu_device *fdev);
+void flaxnpu_pm_timeouts_refresh(struct flaxnpu_device *fdev);
 u32 flaxnpu_pm_ring_entries(void);
 int flaxnpu_pm_reset(struct flaxnpu_device *fdev);
 void flaxnpu_pm_recover_locked(struct flaxnpu_device *fdev, struct flaxnpu_job *hung,
