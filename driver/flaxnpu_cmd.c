@@ -20,7 +20,7 @@
 #include "flaxnpu_job.h"
 
 #define FLAXNPU_EXEC_FLAGS (FNPU_EXEC_FLAG_INPUT_BO | FNPU_EXEC_FLAG_OUTPUT_BO | \
-			    FNPU_EXEC_FLAG_ARENA_BO)
+			    FNPU_EXEC_FLAG_ARENA_BO | FNPU_EXEC_FLAG_NOP)
 
 static void flaxnpu_cmd_queue(struct flaxnpu_ctx *ctx, struct flaxnpu_resp *resp)
 {
@@ -105,6 +105,56 @@ static int flaxnpu_cmd_seg(struct flaxnpu_ctx *ctx, struct flaxnpu_job *job, int
 	return 0;
 }
 
+/* Queue a job, answer with its handle; on failure the job and response are freed. */
+static int flaxnpu_cmd_queue_job(struct flaxnpu_ctx *ctx, struct flaxnpu_job *job,
+				 struct flaxnpu_resp *resp, u64 tag)
+{
+	int ret;
+
+	ret = xa_alloc_cyclic(&ctx->jobs, &job->handle, job, XA_LIMIT(1, FLAXNPU_MAX_HANDLE),
+			      &ctx->next_job, GFP_KERNEL);
+	if (ret < 0)
+		goto err;
+	ret = flaxnpu_job_submit(ctx->fdev, job);
+	if (ret) {
+		xa_erase(&ctx->jobs, job->handle);
+		goto err;
+	}
+	ctx->jobs_open++;
+	resp->type = FNPU_RESP_JOB;
+	resp->tag = tag;
+	resp->handle = job->handle;
+	flaxnpu_cmd_queue(ctx, resp);
+	return 0;
+err:
+	flaxnpu_job_put(job);
+	kfree(resp);
+	return ret;
+}
+
+/* A NOP job measures the round trip through the ring and the firmware, with no data at all. */
+static int flaxnpu_cmd_execute_nop(struct flaxnpu_ctx *ctx, const struct fnpu_cmd_execute *c)
+{
+	struct flaxnpu_resp *resp;
+	struct flaxnpu_job *job;
+
+	if (c->flags != FNPU_EXEC_FLAG_NOP || c->model || c->batch != 1 || c->input_size ||
+	    c->output_size || c->arena_size || c->input_bo || c->output_bo || c->arena_bo)
+		return -EINVAL;
+	if (ctx->jobs_open >= FNPU_MAX_JOBS)
+		return -EBUSY;
+	resp = kzalloc(sizeof(*resp), GFP_KERNEL);
+	job = flaxnpu_job_alloc(ctx);
+	if (!resp || !job) {
+		flaxnpu_job_put(job);
+		kfree(resp);
+		return -ENOMEM;
+	}
+	job->batch = 1;
+	job->flags = c->flags;
+	return flaxnpu_cmd_queue_job(ctx, job, resp, c->hdr.tag);
+}
+
 static int flaxnpu_cmd_execute(struct flaxnpu_ctx *ctx, const char __user *ubuf, u32 size)
 {
 	struct fnpu_cmd_execute c;
@@ -128,6 +178,8 @@ static int flaxnpu_cmd_execute(struct flaxnpu_ctx *ctx, const char __user *ubuf,
 	payload = c.flags & FNPU_EXEC_FLAG_INPUT_BO ? 0 : ALIGN((u64)c.input_size, FNPU_RECORD_ALIGN);
 	if (size != sizeof(c) + payload)
 		return -EINVAL;
+	if (c.flags & FNPU_EXEC_FLAG_NOP)
+		return flaxnpu_cmd_execute_nop(ctx, &c);
 	model = xa_load(&ctx->models, c.model);
 	if (!model)
 		return -ENOENT;
@@ -161,21 +213,7 @@ static int flaxnpu_cmd_execute(struct flaxnpu_ctx *ctx, const char __user *ubuf,
 	job->batch = c.batch;
 	job->flags = c.flags;
 	job->output_size = c.output_size;
-	ret = xa_alloc_cyclic(&ctx->jobs, &job->handle, job, XA_LIMIT(1, FLAXNPU_MAX_HANDLE),
-			      &ctx->next_job, GFP_KERNEL);
-	if (ret < 0)
-		goto err;
-	ret = flaxnpu_job_submit(ctx->fdev, job);
-	if (ret) {
-		xa_erase(&ctx->jobs, job->handle);
-		goto err;
-	}
-	ctx->jobs_open++;
-	resp->type = FNPU_RESP_JOB;
-	resp->tag = c.hdr.tag;
-	resp->handle = job->handle;
-	flaxnpu_cmd_queue(ctx, resp);
-	return 0;
+	return flaxnpu_cmd_queue_job(ctx, job, resp, c.hdr.tag);
 err:
 	flaxnpu_job_put(job);
 	kfree(resp);

@@ -124,6 +124,8 @@ static void flaxnpu_job_build_segs(struct flaxnpu_job *job)
 {
 	int i;
 
+	if (!job->model)	/* a NOP job names no segments */
+		return;
 	for (i = 0; i < FNPU_SEG_COUNT; i++) {
 		job->segs[i].addr = job->bo[i]->pagelist_dma;
 		job->segs[i].size = job->seg_size[i];
@@ -157,21 +159,24 @@ int flaxnpu_job_submit(struct flaxnpu_device *fdev, struct flaxnpu_job *job)
 	job->seq = fdev->sq_tail;
 	job->id = ++fdev->next_job_id;
 	entry.seq = job->seq;
-	entry.opcode = FNPU_JOB_OP_RUN;
 	entry.job_id = job->id;
-	entry.seg_table = job->segs_dma;
-	entry.seg_count = FNPU_SEG_COUNT;
-	entry.prog_seg = FNPU_SEG_PROGRAM;
-	entry.prog_offset = 0;
-	entry.op_count = job->model->op_count;
-	entry.batch = job->batch;
-	fdev->sq[slot] = entry;
-
-	for (i = 0; i < FNPU_SEG_COUNT; i++) {
-		flaxnpu_bo_sync(job->bo[i], true);
-		atomic_inc(&job->bo[i]->active);
+	if (job->model) {
+		entry.opcode = FNPU_JOB_OP_RUN;
+		entry.seg_table = job->segs_dma;
+		entry.seg_count = FNPU_SEG_COUNT;
+		entry.prog_seg = FNPU_SEG_PROGRAM;
+		entry.prog_offset = 0;
+		entry.op_count = job->model->op_count;
+		entry.batch = job->batch;
+		for (i = 0; i < FNPU_SEG_COUNT; i++) {
+			flaxnpu_bo_sync(job->bo[i], true);
+			atomic_inc(&job->bo[i]->active);
+		}
+		atomic_inc(&job->model->active);
+	} else {
+		entry.opcode = FNPU_JOB_OP_NOP;
 	}
-	atomic_inc(&job->model->active);
+	fdev->sq[slot] = entry;
 	kref_get(&job->ref);
 	fdev->slots[slot] = job;
 	list_add_tail(&job->node, &fdev->inflight);
@@ -201,11 +206,13 @@ static void flaxnpu_job_finish(struct flaxnpu_device *fdev, struct flaxnpu_job *
 	fdev->slots[job->seq & (fdev->ring_entries - 1)] = NULL;
 	list_del(&job->node);
 	fdev->inflight_count--;
-	for (i = 0; i < FNPU_SEG_COUNT; i++) {
-		flaxnpu_bo_sync(job->bo[i], false);
-		atomic_dec(&job->bo[i]->active);
+	if (job->model) {
+		for (i = 0; i < FNPU_SEG_COUNT; i++) {
+			flaxnpu_bo_sync(job->bo[i], false);
+			atomic_dec(&job->bo[i]->active);
+		}
+		atomic_dec(&job->model->active);
 	}
-	atomic_dec(&job->model->active);
 	if (rec->status == FNPU_STATUS_OK)
 		fdev->jobs_done++;
 	else

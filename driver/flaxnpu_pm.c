@@ -180,6 +180,24 @@ out:
 	return ret;
 }
 
+/*
+ * Liveness ping behind sysfs ping_ns: one CTRL_NOP through the control
+ * doorbell and back on IRQ_EVENT, with no firmware in the path. It is the
+ * floor under every job's round trip.
+ */
+int flaxnpu_pm_ping(struct flaxnpu_device *fdev, u64 *ns)
+{
+	ktime_t start;
+	int ret;
+
+	mutex_lock(&fdev->lock);
+	start = ktime_get();
+	ret = flaxnpu_hw_ctrl(fdev, FNPU_CTRL_NOP, fdev->tmo.ctrl_ms);
+	*ns = ktime_to_ns(ktime_sub(ktime_get(), start));
+	mutex_unlock(&fdev->lock);
+	return ret;
+}
+
 /* Remove: no more recovery, every job in flight aborted, the device reset. */
 void flaxnpu_pm_shutdown(struct flaxnpu_device *fdev)
 {

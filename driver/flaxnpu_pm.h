@@ -15,6 +15,7 @@ int flaxnpu_pm_revive(struct flaxnpu_device *fdev);
 void flaxnpu_pm_schedule_recovery(struct flaxnpu_device *fdev);
 void flaxnpu_pm_recover_work(struct work_struct *work);
 int flaxnpu_pm_inject(struct flaxnpu_device *fdev, u32 kind);
+int flaxnpu_pm_ping(struct flaxnpu_device *fdev, u64 *ns);
 void flaxnpu_pm_shutdown(struct flaxnpu_device *fdev);
 
 #endif

@@ -59,6 +59,16 @@ static ssize_t inject_fault_store(struct device *dev, struct device_attribute *a
 }
 static DEVICE_ATTR_WO(inject_fault);
 
+/* Diagnostic: each read is one control-doorbell round trip, in nanoseconds. */
+static ssize_t ping_ns_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	u64 ns;
+	int ret = flaxnpu_pm_ping(to_fdev(dev), &ns);
+
+	return ret ? ret : sysfs_emit(buf, "%llu\n", ns);
+}
+static DEVICE_ATTR_RO(ping_ns);
+
 static struct attribute *flaxnpu_attrs[] = {
 	&dev_attr_fw_version.attr,
 	&dev_attr_state.attr,
@@ -66,6 +76,7 @@ static struct attribute *flaxnpu_attrs[] = {
 	&dev_attr_jobs_failed.attr,
 	&dev_attr_resets.attr,
 	&dev_attr_inject_fault.attr,
+	&dev_attr_ping_ns.attr,
 	NULL,
 };
 

@@ -40,11 +40,13 @@ class EXEC_FLAG(IntFlag):
     INPUT_BO = 0x1  # input is in buffer object input_bo (zero-copy), not in the payload
     OUTPUT_BO = 0x2  # output goes to buffer object output_bo (zero-copy), not into the RESULT
     ARENA_BO = 0x4  # scratch arena is buffer object arena_bo, not driver memory
+    NOP = 0x8  # no model and no data: the device completes a NOP job at once (round-trip measurement); model, sizes and buffer objects must be 0, batch 1
 
 EXEC_FLAG_DOC = {
     EXEC_FLAG.INPUT_BO: 'input is in buffer object input_bo (zero-copy), not in the payload',
     EXEC_FLAG.OUTPUT_BO: 'output goes to buffer object output_bo (zero-copy), not into the RESULT',
     EXEC_FLAG.ARENA_BO: 'scratch arena is buffer object arena_bo, not driver memory',
+    EXEC_FLAG.NOP: 'no model and no data: the device completes a NOP job at once (round-trip measurement); model, sizes and buffer objects must be 0, batch 1',
 }
 
 # start of every command record and every response record

@@ -40,6 +40,7 @@ enum fnpu_exec_flag {
 	FNPU_EXEC_FLAG_INPUT_BO = 0x1, /* input is in buffer object input_bo (zero-copy), not in the payload */
 	FNPU_EXEC_FLAG_OUTPUT_BO = 0x2, /* output goes to buffer object output_bo (zero-copy), not into the RESULT */
 	FNPU_EXEC_FLAG_ARENA_BO = 0x4, /* scratch arena is buffer object arena_bo, not driver memory */
+	FNPU_EXEC_FLAG_NOP = 0x8, /* no model and no data: the device completes a NOP job at once (round-trip measurement); model, sizes and buffer objects must be 0, batch 1 */
 };
 
 /* start of every command record and every response record */
@@ -71,7 +72,7 @@ FNPU_STATIC_ASSERT(offsetof(struct fnpu_cmd_load_model, reserved) == 28, "fnpu_c
 /* EXECUTE command, followed by input_size bytes of input unless EXEC_FLAG_INPUT_BO */
 struct fnpu_cmd_execute {
 	struct fnpu_cmd_hdr hdr; /* type CMD_EXECUTE */
-	uint32_t model; /* model handle from RESP_MODEL */
+	uint32_t model; /* model handle from RESP_MODEL (0 with EXEC_FLAG_NOP) */
 	uint32_t batch; /* items in this job (>= 1) */
 	uint32_t flags; /* EXEC_FLAG_* */
 	uint32_t input_size; /* bytes of input for the whole batch */
