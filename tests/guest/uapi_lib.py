@@ -1,4 +1,4 @@
-"""Helpers for the driver's guest tests (tests/vm/test_uapi_*.py): records, ioctls and a tiny program.
+"""Helpers for the driver's guest tests (tests/guest/test_uapi_*.py): records, ioctls and a tiny program.
 
 Everything is built from the generated dtypes in flaxnpu_abi.uapi / hw / prog, so a contract change shows
 up here without retyping a struct.
