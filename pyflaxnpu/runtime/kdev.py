@@ -11,6 +11,7 @@ import errno
 import fcntl
 import mmap
 import os
+import select
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,11 +42,17 @@ def _open_error(path: str, e: OSError) -> DeviceError:
     return DeviceError(f"cannot open {path}: {e.strerror}")
 
 
+# The driver answers RETRIEVE when the job completes or its own job timeout (10 s by default) fails it, so a
+# response later than this means the driver itself is stuck.
+RESPONSE_TIMEOUT = 120.0
+
+
 class Channel:
     """The record protocol on one open file: send a command, receive the response with its tag."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, timeout: float = RESPONSE_TIMEOUT) -> None:
         self.fd = fd
+        self.timeout = timeout
         self._tag = 0
         self._pending: dict[int, bytes] = {}
 
@@ -66,6 +73,8 @@ class Channel:
 
     def receive(self, tag: int, max_payload: int = 0) -> bytes:
         while tag not in self._pending:
+            if not select.select([self.fd], [], [], self.timeout)[0]:
+                raise DeviceTimeout(f"the driver sent no response within {self.timeout:.0f} s (dmesg may say why)")
             try:
                 data = os.read(self.fd, 256 + _pad(max_payload))
             except OSError as e:

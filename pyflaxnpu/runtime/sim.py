@@ -16,7 +16,7 @@ from .udriver import UserDriver
 class SimDevice(DriverDevice):
     name = "sim"
 
-    def __init__(self, *, memory_size: int = 512 << 20, firmware: str | os.PathLike | None = None) -> None:
+    def __init__(self, *, memory_size: int = 256 << 20, firmware: str | os.PathLike | None = None) -> None:
         # Imported here so that programs and the other backends never pull in unicorn.
         from flaxnpu_sim.device import NpuDevice
         from flaxnpu_sim.memory import AnonymousMemory

@@ -35,6 +35,7 @@ MMIO_SIZE = 0x1000
 WFI = 0x10500073
 # emu_start stops when PC reaches `until`; no instruction lives at this (odd, unmapped) address.
 _NEVER = 0xFFFFFFFF & ~1
+TCG_BUFFER_SIZE = 16 << 20
 
 
 class CoreFault(Exception):
@@ -70,6 +71,9 @@ class ControlCore:
         self._bus_write = mmio_write
         self.budget = budget
         uc = Uc(UC_ARCH_RISCV, UC_MODE_RISCV32)
+        # unicorn reserves 1 GiB for translated code by default; the firmware is a few KiB, and a 1 GiB
+        # reservation fails outright on small hosts (a 512 MiB QEMU guest running the simulator).
+        uc.ctl_set_tcg_buffer_size(TCG_BUFFER_SIZE)
         uc.mem_map(hw.CORE_IMEM_BASE, IMEM_SIZE, UC_PROT_READ | UC_PROT_EXEC)
         uc.mem_map(hw.CORE_SRAM_BASE, hw.CORE_SRAM_SIZE, UC_PROT_READ | UC_PROT_WRITE)
         uc.mmio_map(hw.CORE_MMIO_BASE, MMIO_SIZE, self._on_read, None, self._on_write, None)
