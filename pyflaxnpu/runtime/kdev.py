@@ -19,7 +19,7 @@ from flaxnpu_abi import hw, prog, uapi
 
 from ..errors import DeviceError, DeviceTimeout, JobError
 from .device import Device
-from .model import JOB_MEMORY_BUDGET, IoSpec
+from .model import IoSpec, default_max_batch
 from .udriver import status_text
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class KernelModel:
         self._in_item = max((s.offset + s.size for s in self.inputs), default=0)
         self._out_item = max((s.offset + s.size for s in self.outputs), default=0)
         per_item = int(program.arena_size) + self._in_item + self._out_item
-        self.max_batch = max_batch or max(1, min(65536, JOB_MEMORY_BUDGET // max(per_item, 1)))
+        self.max_batch = max_batch or default_max_batch(per_item)
         cmd = np.zeros((), uapi.CMD_LOAD_MODEL)
         cmd["hdr"]["type"] = uapi.CMD.LOAD_MODEL
         cmd["image_size"], cmd["op_count"] = len(program.image), program.op_count
@@ -160,8 +160,9 @@ class KernelModel:
             raise cls(msg) if cls is DeviceTimeout else JobError(msg, status, op_index, int(res["info"]))
         self.last_cycles += int(res["cycles"])
         self.last_device_ns += int(res["device_ns"])
+        out = np.frombuffer(self._out_map, np.uint8, count=self._out_item * n)
         for y, spec in zip(ys, self.outputs, strict=True):
-            y.reshape(-1).view(np.uint8)[:] = self._out_map[spec.offset * n:(spec.offset + spec.size) * n]
+            y.reshape(-1).view(np.uint8)[:] = out[spec.offset * n:(spec.offset + spec.size) * n]
 
     def unload(self) -> None:
         arg = np.zeros((), uapi.MODEL_UNLOAD)

@@ -15,8 +15,15 @@ from .udriver import UserDriver
 if TYPE_CHECKING:
     from ..program import Program
 
-# Bytes of arena + inputs + outputs one job may use; larger batches are split into several jobs.
-JOB_MEMORY_BUDGET = 64 << 20
+# A loaded model keeps buffers for its largest job: at most MAX_JOB_BATCH items and JOB_MEMORY_BUDGET
+# bytes of arena + inputs + outputs. Larger calls are split into several jobs; past ~1k items a job's
+# fixed cost is already small against its work, so bigger jobs would only hold memory.
+JOB_MEMORY_BUDGET = 16 << 20
+MAX_JOB_BATCH = 1024
+
+
+def default_max_batch(per_item: int) -> int:
+    return max(1, min(MAX_JOB_BATCH, JOB_MEMORY_BUDGET // max(per_item, 1)))
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ class LoadedModel:
         self._in_item = max((s.offset + s.size for s in self.inputs), default=0)
         self._out_item = max((s.offset + s.size for s in self.outputs), default=0)
         per_item = self._arena_item + self._in_item + self._out_item
-        self.max_batch = max_batch or max(1, min(65536, JOB_MEMORY_BUDGET // max(per_item, 1)))
+        self.max_batch = max_batch or default_max_batch(per_item)
         alloc = driver.alloc
         self._buffers: list[DmaBuffer] = []
         self._image = self._keep(alloc.alloc(len(program.image)))

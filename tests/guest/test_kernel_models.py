@@ -1,7 +1,14 @@
-"""The first slice's models through /dev/flaxnpu0 give outputs identical to the in-process simulator, and
-two processes share one device without seeing each other's buffers."""
+"""The first slice's models through /dev/flaxnpuN, and two processes sharing one device.
+
+Outputs are checked against jax.jit here (1e-4) and saved with their program and inputs to
+$FLAXNPU_GUEST_OUT; tests/vm/test_guest_suite.py then runs the same programs on the host's in-process
+simulator and requires identical bytes. (Comparing inside the guest would not be like for like: the
+device model runs on the host's CPU, whose BLAS kernels differ from the emulated CPU's in the last bit.)
+"""
 
 import multiprocessing as mp
+import os
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -31,11 +38,12 @@ def linen_program(seed: int, d_in: int = 24):
     return pyflaxnpu.compile(module, variables, x), lambda v: np.asarray(ref(v))
 
 
-@pytest.fixture(scope="module")
-def sim():
-    # The guest has 512 MiB; the simulator's device-visible memory must leave room for everything else.
-    with pyflaxnpu.open("sim", memory_size=64 << 20) as dev:
-        yield dev
+def save(name: str, program, xs, ys) -> None:
+    """Hand a run to the host, which replays it on its in-process simulator."""
+    out = os.environ.get("FLAXNPU_GUEST_OUT")
+    if out:
+        arrays = {f"x{i}": x for i, x in enumerate(xs)} | {f"y{i}": y for i, y in enumerate(ys)}
+        np.savez(Path(out) / f"{name}.npz", program=np.frombuffer(program.to_bytes(), np.uint8), **arrays)
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +64,18 @@ def test_devices_are_listed_with_pci_address_and_firmware():
     assert all(d.pci_address and d.firmware == "1.0.0" for d in found)
 
 
-@pytest.mark.parametrize("batch", [1, 5, 64, 300])
-def test_linen_mlp_identical_to_the_simulator(sim, kdev, batch):
+def test_linen_mlp_through_the_driver(kdev):
     program, ref = linen_program(0)
-    x = np.random.default_rng(batch).standard_normal((batch, 24), dtype=np.float32)
-    got = kdev.load(program)(x)
-    np.testing.assert_array_equal(got, sim.load(program)(x))
-    np.testing.assert_allclose(got, ref(x), rtol=1e-4, atol=1e-5)
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal((b, 24), dtype=np.float32) for b in (1, 5, 64, 300, 1500)]
+    model = kdev.load(program)
+    ys = [model(x) for x in xs]
+    for x, y in zip(xs, ys, strict=True):
+        np.testing.assert_allclose(y, ref(x), rtol=1e-4, atol=1e-5)
+    save("linen_mlp", program, xs, ys)
 
 
-def test_nnx_mlp_identical_to_the_simulator(sim, kdev):
+def test_nnx_mlp_through_the_driver(kdev):
     class Net(nnx.Module):
         def __init__(self, rngs):
             self.a = nnx.Linear(12, 20, rngs=rngs)
@@ -77,27 +87,31 @@ def test_nnx_mlp_identical_to_the_simulator(sim, kdev):
     net = Net(nnx.Rngs(1))
     program = pyflaxnpu.compile(net, None, np.ones((1, 12), np.float32))
     x = np.random.default_rng(2).standard_normal((33, 12), dtype=np.float32)
-    np.testing.assert_array_equal(kdev.load(program)(x), sim.load(program)(x))
+    y = kdev.load(program)(x)
+    np.testing.assert_allclose(y, np.asarray(jax.jit(net)(x)), rtol=1e-4, atol=1e-5)
+    save("nnx_mlp", program, [x], [y])
 
 
-def test_second_device_works_too(sim):
-    program, _ = linen_program(3)
+def test_second_device_works_too():
+    program, ref = linen_program(3)
     x = np.random.default_rng(3).standard_normal((7, 24), dtype=np.float32)
     with pyflaxnpu.open("/dev/flaxnpu1") as dev1:
-        np.testing.assert_array_equal(dev1.load(program)(x), sim.load(program)(x))
+        y = dev1.load(program)(x)
+    np.testing.assert_allclose(y, ref(x), rtol=1e-4, atol=1e-5)
+    save("second_device", program, [x], [y])
 
 
-def test_two_processes_share_one_device(sim):
-    """Two processes, each with its own program on one device at once: a crossing of buffers between the
-    contexts would show as outputs that differ from the simulator's for that process's program."""
+def test_two_processes_share_one_device():
+    """Two processes, each with its own weights on one device at once: buffers crossing between the
+    contexts would show as outputs of the other process's program."""
     rng = np.random.default_rng(9)
-    programs = [linen_program(seed)[0] for seed in (10, 11)]
+    built = [linen_program(seed) for seed in (10, 11)]
     inputs = [[rng.standard_normal((int(rng.integers(1, 40)), 24), dtype=np.float32) for _ in range(25)]
-              for _ in programs]
+              for _ in built]
     ctx = mp.get_context("spawn")
-    queues = [ctx.Queue() for _ in programs]
+    queues = [ctx.Queue() for _ in built]
     procs = [ctx.Process(target=shared_device_worker.run, args=(p.to_bytes(), xs, q))
-             for p, xs, q in zip(programs, inputs, queues, strict=True)]
+             for (p, _), xs, q in zip(built, inputs, queues, strict=True)]
     try:
         for p in procs:
             p.start()
@@ -108,7 +122,8 @@ def test_two_processes_share_one_device(sim):
             if p.exitcode is None:
                 p.kill()
     assert [p.exitcode for p in procs] == [0, 0]
-    for program, xs, outs in zip(programs, inputs, results, strict=True):
-        model = sim.load(program)
-        for x, y in zip(xs, outs, strict=True):
-            np.testing.assert_array_equal(y, model(x))
+    assert not [r for r in results if isinstance(r, str)], results
+    for i, ((program, ref), xs, ys) in enumerate(zip(built, inputs, results, strict=True)):
+        for x, y in zip(xs, ys, strict=True):
+            np.testing.assert_allclose(y, ref(x), rtol=1e-4, atol=1e-5)
+        save(f"process_{i}", program, xs, ys)
