@@ -6,7 +6,7 @@ PY := $(abspath $(VENV))/bin/python
 # numpy's multithreaded BLAS stalls on 2-core machines when the other core is busy.
 export OPENBLAS_NUM_THREADS := 1
 
-.PHONY: all bootstrap firmware generate demo test lint bench clean
+.PHONY: all bootstrap firmware generate demo test lint bench bench-vm clean
 
 all: firmware
 
@@ -31,6 +31,9 @@ test: firmware lint
 
 bench: firmware
 	$(PY) bench/throughput.py
+
+bench-vm: firmware
+	$(PY) -m pyflaxnpu.cli vm --npus 1 -- $(PY) bench/driver.py
 
 clean:
 	$(MAKE) -s -C firmware clean

@@ -8,7 +8,8 @@
 3. the digits MLP's samples/s through the driver next to the in-process simulator in the same guest.
 
 Fails (exit 1) when a NOP job costs more than --max-nop-ratio pings, or when the driver's samples/s at
-batch 1024 falls below --min-ratio of the in-process simulator's.
+batch 1024 falls below --min-ratio of the in-process simulator's. Under TCG the in-guest simulator runs on
+the emulated CPU while the driver's device model runs on the host, so the driver is expected to win.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def main() -> int:
     ap.add_argument("--device", default="/dev/flaxnpu0")
     ap.add_argument("-n", type=int, default=500, help="round trips per latency row")
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per throughput cell")
-    ap.add_argument("--max-nop-ratio", type=float, default=20.0)
-    ap.add_argument("--min-ratio", type=float, default=0.3)
+    ap.add_argument("--max-nop-ratio", type=float, default=10.0)
+    ap.add_argument("--min-ratio", type=float, default=1.0)
     args = ap.parse_args()
 
     name = Path(args.device).name
