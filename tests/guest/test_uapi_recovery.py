@@ -37,6 +37,10 @@ def test_hung_job_times_out_others_abort_and_the_device_recovers(ctx, other, sho
     res2, _ = other.retrieve(queued, timeout=60)
     assert int(res2["status"]) == hw.STATUS.ABORTED
     assert int(u.sysfs("resets")) == resets + 1
+    # The jobs fail as soon as the reset is acknowledged; the firmware reboot follows within boot_timeout_ms.
+    deadline = time.monotonic() + 10
+    while u.sysfs("state") != "ready" and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert u.sysfs("state") == "ready"
     x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
     res3, y = ctx.run_relu(model, x)  # the same model runs again after the reboot
