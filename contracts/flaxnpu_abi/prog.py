@@ -5,7 +5,7 @@ from enum import IntEnum, IntFlag
 import numpy as np
 
 ABI_MAJOR = 1
-ABI_MINOR = 0
+ABI_MINOR = 1
 
 FILE_MAGIC = 0x47504e46  # 'FNPG' at offset 0 of a .fnpu file
 OP_SIZE = 0x80  # bytes of one op descriptor
@@ -24,6 +24,12 @@ class OPCODE(IntEnum):
     UNARY = 0x3  # dst[n] = act(func params[0] (src0[n])); dims n
     SOFTMAX = 0x4  # dst[R,C] = softmax of src0[R,C] over C; dims R,C
     REDUCE = 0x5  # dst[R] = reduce params[0] of src0[R,C] over C; dims R,C
+    CONV2D = 0x6  # dst[N,OH,OW,OC] = act(conv of src0[N,H,W,C] with src1[KH,KW,C/groups,OC] (+ src2[OC]) (+ src3)); dims N,H,W,C,OH,OW; params KH + 65536*KW, OC, stride_h + 65536*stride_w, pad_top + 65536*pad_left, dil_h + 65536*dil_w, groups (1.1)
+    POOL = 0x7  # dst[N,OH,OW,C] = act(pool params[0] of src0[N,H,W,C]); dims N,H,W,C,OH,OW; params kind, KH + 65536*KW, stride_h + 65536*stride_w, pad_top + 65536*pad_left (1.1)
+    LAYERNORM = 0x8  # dst[R,C] = act((src0 - mean) / sqrt(var + eps) * src1[C] + src2[C]) over C; dims R,C; params[0] eps (f32 bits) (1.1)
+    BMM = 0x9  # dst[B,M,N] = act(alpha * src0[B,M,K] @ src1[B,K,N]); dims B,M,K,N; params[0] bit 0: src0 stored [B,K,M], bit 1: src1 stored [B,N,K]; params[1] alpha (f32 bits, not 0) (1.1)
+    GATHER = 0xa  # dst[R,D] = act(src1[V,D] row src0[r] (I32; [-V,V) wraps, else NaN)); dims R,V,D (1.1)
+    TRANSPOSE = 0xb  # dst = act(src0 of shape dims[0..rank-1], axes permuted); params[0] perm (4 bits per axis), params[1] rank 1..6 (1.1)
 
 OPCODE_DOC = {
     OPCODE.MATMUL: 'dst[M,N] = act(src0[M,K] @ src1[K,N] (+ src2[N])); dims M,K,N',
@@ -31,6 +37,12 @@ OPCODE_DOC = {
     OPCODE.UNARY: 'dst[n] = act(func params[0] (src0[n])); dims n',
     OPCODE.SOFTMAX: 'dst[R,C] = softmax of src0[R,C] over C; dims R,C',
     OPCODE.REDUCE: 'dst[R] = reduce params[0] of src0[R,C] over C; dims R,C',
+    OPCODE.CONV2D: 'dst[N,OH,OW,OC] = act(conv of src0[N,H,W,C] with src1[KH,KW,C/groups,OC] (+ src2[OC]) (+ src3)); dims N,H,W,C,OH,OW; params KH + 65536*KW, OC, stride_h + 65536*stride_w, pad_top + 65536*pad_left, dil_h + 65536*dil_w, groups (1.1)',
+    OPCODE.POOL: 'dst[N,OH,OW,C] = act(pool params[0] of src0[N,H,W,C]); dims N,H,W,C,OH,OW; params kind, KH + 65536*KW, stride_h + 65536*stride_w, pad_top + 65536*pad_left (1.1)',
+    OPCODE.LAYERNORM: 'dst[R,C] = act((src0 - mean) / sqrt(var + eps) * src1[C] + src2[C]) over C; dims R,C; params[0] eps (f32 bits) (1.1)',
+    OPCODE.BMM: 'dst[B,M,N] = act(alpha * src0[B,M,K] @ src1[B,K,N]); dims B,M,K,N; params[0] bit 0: src0 stored [B,K,M], bit 1: src1 stored [B,N,K]; params[1] alpha (f32 bits, not 0) (1.1)',
+    OPCODE.GATHER: 'dst[R,D] = act(src1[V,D] row src0[r] (I32; [-V,V) wraps, else NaN)); dims R,V,D (1.1)',
+    OPCODE.TRANSPOSE: 'dst = act(src0 of shape dims[0..rank-1], axes permuted); params[0] perm (4 bits per axis), params[1] rank 1..6 (1.1)',
 }
 
 class FUNC(IntEnum):
@@ -102,11 +114,22 @@ class REDUCE(IntEnum):
     SUM = 0x0  # sum
     MAX = 0x1  # maximum
     MIN = 0x2  # minimum
+    MEAN = 0x3  # sum / C (1.1)
 
 REDUCE_DOC = {
     REDUCE.SUM: 'sum',
     REDUCE.MAX: 'maximum',
     REDUCE.MIN: 'minimum',
+    REDUCE.MEAN: 'sum / C (1.1)',
+}
+
+class POOL(IntEnum):
+    MAX = 0x0  # maximum; padding is -inf (1.1)
+    AVG = 0x1  # sum with zero padding / (KH*KW), padding counted (1.1)
+
+POOL_DOC = {
+    POOL.MAX: 'maximum; padding is -inf (1.1)',
+    POOL.AVG: 'sum with zero padding / (KH*KW), padding counted (1.1)',
 }
 
 class DTYPE(IntEnum):
@@ -121,10 +144,12 @@ DTYPE_DOC = {
 }
 
 class OP_FLAG(IntFlag):
-    BIAS = 0x1  # MATMUL: src2 holds a bias of N elements
+    BIAS = 0x1  # MATMUL, CONV2D: src2 holds a bias of N (OC) elements
+    RESIDUAL = 0x2  # MATMUL, CONV2D: src3 (dst's shape) is added before act (1.1)
 
 OP_FLAG_DOC = {
-    OP_FLAG.BIAS: 'MATMUL: src2 holds a bias of N elements',
+    OP_FLAG.BIAS: 'MATMUL, CONV2D: src2 holds a bias of N (OC) elements',
+    OP_FLAG.RESIDUAL: "MATMUL, CONV2D: src3 (dst's shape) is added before act (1.1)",
 }
 
 class REF_FLAG(IntFlag):
@@ -145,9 +170,9 @@ assert TENSOR_REF.itemsize == 12
 
 # op descriptor: one layer-sized engine operation
 OP = np.dtype({
-    'names': ['opcode', 'act', 'flags', 'scale_mask', 'reserved0', 'dims', 'src0', 'src1', 'src2', 'dst', 'params', 'reserved1'],
-    'formats': ['<u2', '<u1', '<u1', '<u2', '<u2', ('<u4', (6,)), TENSOR_REF, TENSOR_REF, TENSOR_REF, TENSOR_REF, ('<u4', (8,)), ('<u4', (4,))],
-    'offsets': [0, 2, 3, 4, 6, 8, 32, 44, 56, 68, 80, 112],
+    'names': ['opcode', 'act', 'flags', 'scale_mask', 'reserved0', 'dims', 'src0', 'src1', 'src2', 'dst', 'params', 'src3', 'reserved1'],
+    'formats': ['<u2', '<u1', '<u1', '<u2', '<u2', ('<u4', (6,)), TENSOR_REF, TENSOR_REF, TENSOR_REF, TENSOR_REF, ('<u4', (8,)), TENSOR_REF, '<u4'],
+    'offsets': [0, 2, 3, 4, 6, 8, 32, 44, 56, 68, 80, 112, 124],
     'itemsize': 128,
 })
 assert OP.itemsize == 128

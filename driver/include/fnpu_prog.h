@@ -15,7 +15,7 @@
 #endif
 
 #define FNPU_PROG_ABI_MAJOR 1u
-#define FNPU_PROG_ABI_MINOR 0u
+#define FNPU_PROG_ABI_MINOR 1u
 
 #define FNPU_FILE_MAGIC 0x47504e46u /* 'FNPG' at offset 0 of a .fnpu file */
 #define FNPU_OP_SIZE 0x80u /* bytes of one op descriptor */
@@ -33,6 +33,12 @@ enum fnpu_opcode {
 	FNPU_OPCODE_UNARY = 0x3, /* dst[n] = act(func params[0] (src0[n])); dims n */
 	FNPU_OPCODE_SOFTMAX = 0x4, /* dst[R,C] = softmax of src0[R,C] over C; dims R,C */
 	FNPU_OPCODE_REDUCE = 0x5, /* dst[R] = reduce params[0] of src0[R,C] over C; dims R,C */
+	FNPU_OPCODE_CONV2D = 0x6, /* dst[N,OH,OW,OC] = act(conv of src0[N,H,W,C] with src1[KH,KW,C/groups,OC] (+ src2[OC]) (+ src3)); dims N,H,W,C,OH,OW; params KH + 65536*KW, OC, stride_h + 65536*stride_w, pad_top + 65536*pad_left, dil_h + 65536*dil_w, groups (1.1) */
+	FNPU_OPCODE_POOL = 0x7, /* dst[N,OH,OW,C] = act(pool params[0] of src0[N,H,W,C]); dims N,H,W,C,OH,OW; params kind, KH + 65536*KW, stride_h + 65536*stride_w, pad_top + 65536*pad_left (1.1) */
+	FNPU_OPCODE_LAYERNORM = 0x8, /* dst[R,C] = act((src0 - mean) / sqrt(var + eps) * src1[C] + src2[C]) over C; dims R,C; params[0] eps (f32 bits) (1.1) */
+	FNPU_OPCODE_BMM = 0x9, /* dst[B,M,N] = act(alpha * src0[B,M,K] @ src1[B,K,N]); dims B,M,K,N; params[0] bit 0: src0 stored [B,K,M], bit 1: src1 stored [B,N,K]; params[1] alpha (f32 bits, not 0) (1.1) */
+	FNPU_OPCODE_GATHER = 0xa, /* dst[R,D] = act(src1[V,D] row src0[r] (I32; [-V,V) wraps, else NaN)); dims R,V,D (1.1) */
+	FNPU_OPCODE_TRANSPOSE = 0xb, /* dst = act(src0 of shape dims[0..rank-1], axes permuted); params[0] perm (4 bits per axis), params[1] rank 1..6 (1.1) */
 };
 
 enum fnpu_func {
@@ -73,6 +79,12 @@ enum fnpu_reduce {
 	FNPU_REDUCE_SUM = 0x0, /* sum */
 	FNPU_REDUCE_MAX = 0x1, /* maximum */
 	FNPU_REDUCE_MIN = 0x2, /* minimum */
+	FNPU_REDUCE_MEAN = 0x3, /* sum / C (1.1) */
+};
+
+enum fnpu_pool {
+	FNPU_POOL_MAX = 0x0, /* maximum; padding is -inf (1.1) */
+	FNPU_POOL_AVG = 0x1, /* sum with zero padding / (KH*KW), padding counted (1.1) */
 };
 
 enum fnpu_dtype {
@@ -82,7 +94,8 @@ enum fnpu_dtype {
 };
 
 enum fnpu_op_flag {
-	FNPU_OP_FLAG_BIAS = 0x1, /* MATMUL: src2 holds a bias of N elements */
+	FNPU_OP_FLAG_BIAS = 0x1, /* MATMUL, CONV2D: src2 holds a bias of N (OC) elements */
+	FNPU_OP_FLAG_RESIDUAL = 0x2, /* MATMUL, CONV2D: src3 (dst's shape) is added before act (1.1) */
 };
 
 enum fnpu_ref_flag {
@@ -113,11 +126,12 @@ struct fnpu_op {
 	uint16_t reserved0;
 	uint32_t dims[6]; /* op dimensions (see the opcodes); unused ones are 0 */
 	struct fnpu_tensor_ref src0; /* first input */
-	struct fnpu_tensor_ref src1; /* second input (MATMUL weights, BINARY rhs) */
-	struct fnpu_tensor_ref src2; /* third input (MATMUL bias) */
+	struct fnpu_tensor_ref src1; /* second input (MATMUL/CONV2D weights, BINARY rhs, LAYERNORM scale, BMM rhs, GATHER table) */
+	struct fnpu_tensor_ref src2; /* third input (MATMUL/CONV2D bias, LAYERNORM offset) */
 	struct fnpu_tensor_ref dst; /* output */
 	uint32_t params[8]; /* op parameters (see the opcodes); unused ones are 0 */
-	uint32_t reserved1[4];
+	struct fnpu_tensor_ref src3; /* residual input with OP_FLAG_RESIDUAL, else all zero (1.1; reserved in 1.0) */
+	uint32_t reserved1;
 };
 FNPU_STATIC_ASSERT(sizeof(struct fnpu_op) == 128, "fnpu_op size");
 FNPU_STATIC_ASSERT(offsetof(struct fnpu_op, opcode) == 0, "fnpu_op.opcode offset");
@@ -131,7 +145,8 @@ FNPU_STATIC_ASSERT(offsetof(struct fnpu_op, src1) == 44, "fnpu_op.src1 offset");
 FNPU_STATIC_ASSERT(offsetof(struct fnpu_op, src2) == 56, "fnpu_op.src2 offset");
 FNPU_STATIC_ASSERT(offsetof(struct fnpu_op, dst) == 68, "fnpu_op.dst offset");
 FNPU_STATIC_ASSERT(offsetof(struct fnpu_op, params) == 80, "fnpu_op.params offset");
-FNPU_STATIC_ASSERT(offsetof(struct fnpu_op, reserved1) == 112, "fnpu_op.reserved1 offset");
+FNPU_STATIC_ASSERT(offsetof(struct fnpu_op, src3) == 112, "fnpu_op.src3 offset");
+FNPU_STATIC_ASSERT(offsetof(struct fnpu_op, reserved1) == 124, "fnpu_op.reserved1 offset");
 
 /* .fnpu file header; sections follow at the offsets it names, each ALIGN-aligned */
 struct fnpu_file_header {

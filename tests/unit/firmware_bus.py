@@ -284,8 +284,9 @@ def seg_table(flags: list[int] | None = None) -> np.ndarray:
     return table
 
 
-def ref(seg: int, offset: int, size: int, scaled: bool = False) -> tuple[int, int, int, int, int]:
-    return (offset, size, seg, prog.DTYPE.F32, prog.REF_FLAG.SCALED if scaled else 0)
+def ref(seg: int, offset: int, size: int, scaled: bool = False,
+        dtype: int = prog.DTYPE.F32) -> tuple[int, int, int, int, int]:
+    return (offset, size, seg, dtype, prog.REF_FLAG.SCALED if scaled else 0)
 
 
 def matmul(m: int = 2, k: int = 4, n: int = 3, bias: bool = True) -> np.void:
@@ -310,6 +311,100 @@ def unary(n: int = 6, func: int = prog.FUNC.TANH) -> np.void:
     op["params"][0] = func
     op["src0"] = ref(prog.SEG_ARENA, 0x80, n * 4, scaled=True)
     op["dst"] = ref(prog.SEG_OUTPUT, 0, n * 4, scaled=True)
+    return op[()]
+
+
+def f32_bits(x: float) -> int:
+    return int(np.array(x, "<f4").view("<u4"))
+
+
+def pair(lo: int, hi: int) -> int:
+    """Two 16-bit fields of a params word (kernel size, stride, padding, dilation): lo | hi << 16."""
+    return lo | hi << 16
+
+
+def conv2d(n: int = 1, h: int = 5, w: int = 5, c: int = 4, oc: int = 6, k: int = 3, stride: int = 1,
+           pad: int = 1, dil: int = 1, groups: int = 2, bias: bool = True, residual: bool = False) -> np.void:
+    """arena[n,oh,ow,oc] (scaled) = conv(input[n,h,w,c] (scaled), weights) (+ bias) (+ arena residual)."""
+    eff = (k - 1) * dil + 1
+    oh, ow = (h + 2 * pad - eff) // stride + 1, (w + 2 * pad - eff) // stride + 1
+    op = np.zeros((), prog.OP)
+    op["opcode"], op["act"], op["scale_mask"] = prog.OPCODE.CONV2D, prog.FUNC.RELU, 0b1
+    op["flags"] = (prog.OP_FLAG.BIAS if bias else 0) | (prog.OP_FLAG.RESIDUAL if residual else 0)
+    op["dims"] = (n, h, w, c, oh, ow)
+    op["params"][:6] = (pair(k, k), oc, pair(stride, stride), pair(pad, pad), pair(dil, dil), groups)
+    op["src0"] = ref(prog.SEG_INPUT, 0x40, n * h * w * c * 4, scaled=True)
+    op["src1"] = ref(prog.SEG_PROGRAM, WEIGHTS, k * k * (c // groups) * oc * 4)
+    if bias:
+        op["src2"] = ref(prog.SEG_PROGRAM, WEIGHTS + 0x1000, oc * 4)
+    op["dst"] = ref(prog.SEG_ARENA, 0x80, n * oh * ow * oc * 4, scaled=True)
+    if residual:
+        op["src3"] = ref(prog.SEG_ARENA, 0x2000, n * oh * ow * oc * 4, scaled=True)
+    return op[()]
+
+
+def pool(kind: int = prog.POOL.MAX, n: int = 1, h: int = 6, w: int = 6, c: int = 3, k: int = 2,
+         stride: int = 2, pad: int = 0) -> np.void:
+    """output[n,oh,ow,c] (scaled) = pool(arena[n,h,w,c] (scaled))."""
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    op = np.zeros((), prog.OP)
+    op["opcode"], op["scale_mask"] = prog.OPCODE.POOL, 0b1
+    op["dims"] = (n, h, w, c, oh, ow)
+    op["params"][:4] = (kind, pair(k, k), pair(stride, stride), pair(pad, pad))
+    op["src0"] = ref(prog.SEG_ARENA, 0x80, n * h * w * c * 4, scaled=True)
+    op["dst"] = ref(prog.SEG_OUTPUT, 0, n * oh * ow * c * 4, scaled=True)
+    return op[()]
+
+
+def layernorm(r: int = 4, c: int = 8, eps: float = 1e-6) -> np.void:
+    """arena[r,c] (scaled) = layernorm(input[r,c] (scaled)) * scale[c] + offset[c]."""
+    op = np.zeros((), prog.OP)
+    op["opcode"], op["scale_mask"] = prog.OPCODE.LAYERNORM, 0b1
+    op["dims"][:2] = (r, c)
+    op["params"][0] = f32_bits(eps)
+    op["src0"] = ref(prog.SEG_INPUT, 0x40, r * c * 4, scaled=True)
+    op["src1"] = ref(prog.SEG_PROGRAM, WEIGHTS, c * 4)
+    op["src2"] = ref(prog.SEG_PROGRAM, WEIGHTS + 0x1000, c * 4)
+    op["dst"] = ref(prog.SEG_ARENA, 0x80, r * c * 4, scaled=True)
+    return op[()]
+
+
+def bmm(b: int = 2, m: int = 3, k: int = 4, n: int = 5, trans: int = 0, alpha: float = 1.0) -> np.void:
+    """arena[b,m,n] (scaled) = alpha * input[b,m,k] @ arena[b,k,n], both runtime tensors (attention)."""
+    op = np.zeros((), prog.OP)
+    op["opcode"], op["scale_mask"] = prog.OPCODE.BMM, 0b1
+    op["dims"][:4] = (b, m, k, n)
+    op["params"][:2] = (trans, f32_bits(alpha))
+    op["src0"] = ref(prog.SEG_INPUT, 0x40, b * m * k * 4, scaled=True)
+    op["src1"] = ref(prog.SEG_ARENA, 0x1000, b * k * n * 4, scaled=True)
+    op["dst"] = ref(prog.SEG_ARENA, 0x80, b * m * n * 4, scaled=True)
+    return op[()]
+
+
+def gather(r: int = 5, v: int = 7, d: int = 3) -> np.void:
+    """arena[r,d] (scaled) = table[v,d] rows input[r] (I32, scaled)."""
+    op = np.zeros((), prog.OP)
+    op["opcode"], op["scale_mask"] = prog.OPCODE.GATHER, 0b1
+    op["dims"][:3] = (r, v, d)
+    op["src0"] = ref(prog.SEG_INPUT, 0x40, r * 4, scaled=True, dtype=prog.DTYPE.I32)
+    op["src1"] = ref(prog.SEG_PROGRAM, WEIGHTS, v * d * 4)
+    op["dst"] = ref(prog.SEG_ARENA, 0x80, r * d * 4, scaled=True)
+    return op[()]
+
+
+def pack_perm(perm: tuple[int, ...]) -> int:
+    return sum(a << 4 * i for i, a in enumerate(perm))
+
+
+def transpose(shape: tuple[int, ...] = (2, 3, 4), perm: tuple[int, ...] = (0, 2, 1)) -> np.void:
+    """output (scaled) = arena[shape] (scaled) with its axes permuted."""
+    op = np.zeros((), prog.OP)
+    op["opcode"], op["scale_mask"] = prog.OPCODE.TRANSPOSE, 0b1
+    op["dims"][:len(shape)] = shape
+    op["params"][:2] = (pack_perm(perm), len(shape))
+    elems = int(np.prod(shape))
+    op["src0"] = ref(prog.SEG_ARENA, 0x80, elems * 4, scaled=True)
+    op["dst"] = ref(prog.SEG_OUTPUT, 0, elems * 4, scaled=True)
     return op[()]
 
 

@@ -36,13 +36,15 @@ def set_(field, value):
 
 MUTATIONS = [
     (set_("opcode", 0), STATUS.OP_OPCODE, 0),
-    (set_("opcode", 6), STATUS.OP_OPCODE, 6),
+    (set_("opcode", 12), STATUS.OP_OPCODE, 12),
     (set_("act", 14), STATUS.OP_FUNC, 14),
-    (set_("flags", 2), STATUS.OP_FLAGS, 2),
+    (set_("flags", 4), STATUS.OP_FLAGS, 4),
+    (set_("flags", 3), STATUS.OP_DTYPE, 0),  # RESIDUAL: src3 is used, and all-zero is no F32 operand
     (set_("flags", 0x81), STATUS.OP_FLAGS, 0x81),
     (set_("scale_mask", 1), STATUS.OP_FLAGS, 1),
     (set_("reserved0", 1), STATUS.OP_RESERVED, 6),
-    (set_("reserved1.3", 1), STATUS.OP_RESERVED, 124),
+    (set_("reserved1", 1), STATUS.OP_RESERVED, 124),
+    (set_("src3.size", 4), STATUS.OP_RESERVED, 112),  # src3 without RESIDUAL
     (set_("params.0", 1), STATUS.OP_PARAM, 1),
     (set_("params.7", 9), STATUS.OP_PARAM, 9),
     (set_("dims.0", 0), STATUS.OP_DIMS, 0),
@@ -82,7 +84,7 @@ def test_bad_field_is_named_and_nothing_is_written(mutate, status, info):
     (OPCODE.BINARY, (BINOP.ADD, 4, 0), STATUS.OP_PARAM, 4),
     (OPCODE.BINARY, (BINOP.ADD, 0, 0, 1), STATUS.OP_PARAM, 1),
     (OPCODE.UNARY, (14,), STATUS.OP_PARAM, 14),
-    (OPCODE.REDUCE, (3,), STATUS.OP_PARAM, 3),
+    (OPCODE.REDUCE, (4,), STATUS.OP_PARAM, 4),
     (OPCODE.SOFTMAX, (1,), STATUS.OP_PARAM, 1),
 ])
 def test_params(opcode, params, status, info):

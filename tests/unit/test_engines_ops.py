@@ -114,7 +114,7 @@ def test_reduce(red):
     x = data((9, 130))
     src, dst = a.put(x), a.out(9)
     run_op(make_op(OPCODE.REDUCE, (9, 130), src, dst, params=(red,), act=FUNC.ABS), a.segments)
-    ref = {REDUCE.SUM: np.sum, REDUCE.MAX: np.max, REDUCE.MIN: np.min}[red]
+    ref = {REDUCE.SUM: np.sum, REDUCE.MAX: np.max, REDUCE.MIN: np.min, REDUCE.MEAN: np.mean}[red]
     close(a.get(dst, (9,)), np.abs(ref(x.astype(np.float64), axis=1)), rtol=1e-5, atol=1e-5)
 
 

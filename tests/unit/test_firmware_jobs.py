@@ -187,14 +187,17 @@ OFF = {name: prog.OP.fields[name][1] for name in prog.OP.names}
 OP_CASES = {
     # name: (op, batch, status, info)
     "opcode0": (mutate(matmul(), opcode=0), 1, STATUS.OP_OPCODE, 0),
-    "opcode6": (mutate(matmul(), opcode=6), 1, STATUS.OP_OPCODE, 6),
+    "opcode12": (mutate(matmul(), opcode=12), 1, STATUS.OP_OPCODE, 12),
     "act": (mutate(matmul(), act=14), 1, STATUS.OP_FUNC, 14),
-    "flags": (mutate(matmul(), flags=3), 1, STATUS.OP_FLAGS, 3),
+    "flags": (mutate(matmul(), flags=5), 1, STATUS.OP_FLAGS, 5),
+    "residual_on_unary": (mutate(unary(), flags=2), 1, STATUS.OP_FLAGS, 2),
     "bias_on_unary": (mutate(unary(), flags=1), 1, STATUS.OP_FLAGS, 1),
     "scale_unused_dim": (mutate(matmul(), scale_mask=0b1001), 1, STATUS.OP_FLAGS, 0b1001),
     "scale_bit_15": (mutate(unary(), scale_mask=0x8001), 1, STATUS.OP_FLAGS, 0x8001),
     "reserved0": (mutate(matmul(), reserved0=1), 1, STATUS.OP_RESERVED, 6),
-    "reserved1": (mutate(matmul(), reserved1__2=1), 1, STATUS.OP_RESERVED, 120),
+    "reserved1": (mutate(matmul(), reserved1=1), 1, STATUS.OP_RESERVED, 124),
+    "src3_without_residual": (mutate(matmul(), src3__size=4), 1, STATUS.OP_RESERVED, OFF["src3"]),
+    "residual_src3_zero": (mutate(matmul(), flags=3), 1, STATUS.OP_DTYPE, 0),
     "matmul_param": (mutate(matmul(), params__0=1), 1, STATUS.OP_PARAM, 80),
     "unary_func": (mutate(unary(), params__0=14), 1, STATUS.OP_PARAM, 80),
     "unary_param7": (mutate(unary(), params__7=1), 1, STATUS.OP_PARAM, 108),
@@ -254,14 +257,14 @@ def test_binary_operand_sizes_follow_broadcast(bus, bcast, elems):
 
 @pytest.mark.parametrize(("opcode", "params0", "dims", "src_elems", "dst_elems"), [
     (prog.OPCODE.SOFTMAX, 0, (3, 5), 15, 15),
-    (prog.OPCODE.REDUCE, prog.REDUCE.MAX, (3, 5), 15, 3),
+    (prog.OPCODE.REDUCE, prog.REDUCE.MEAN, (3, 5), 15, 3),
 ])
 def test_softmax_and_reduce(bus, opcode, params0, dims, src_elems, dst_elems):
     op = np.zeros((), prog.OP)
     op["opcode"], op["dims"][:2], op["params"][0] = opcode, dims, params0
     op["src0"], op["dst"] = ref(prog.SEG_ARENA, 0, src_elems * 4), ref(prog.SEG_ARENA, 0x100, dst_elems * 4)
     assert outcome(run_one(bus, job(bus, [op[()]])))[0] == OK
-    assert outcome(run_one(bus, job(bus, [mutate(op[()], params__0=3)]))) == (STATUS.OP_PARAM, 0, 80)
+    assert outcome(run_one(bus, job(bus, [mutate(op[()], params__0=4)]))) == (STATUS.OP_PARAM, 0, 80)
 
 
 def test_engine_failure_ends_the_job_with_its_status(bus):
