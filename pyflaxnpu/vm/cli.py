@@ -52,6 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole run (3600)")
     p.add_argument("--logs", type=Path, metavar="DIR",
                    help="copy each NPU's device-model log and firmware log (npuN.log, npuN.firmware.log) here")
+    p.add_argument("--allow-device-loss", action="store_true",
+                   help="when a device model dies, say so and keep the guest running (tests of device loss)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the boot console, QEMU's command, timings")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     p.set_defaults(fn=cmd_vm)
@@ -62,7 +64,8 @@ def cmd_vm(args: argparse.Namespace) -> int:
     opts = VmOptions(command=command, npus=args.npus, memory=args.memory, kernel_version=args.kernel_version,
                      accel=args.accel, smp=args.smp, driver_dir=None if args.no_driver else args.driver_dir,
                      firmware=args.firmware, env=dict(args.env), boot_timeout=args.boot_timeout,
-                     timeout=args.timeout, verbose=args.verbose, logs_dir=args.logs)
+                     timeout=args.timeout, verbose=args.verbose, logs_dir=args.logs,
+                     allow_device_loss=args.allow_device_loss)
     try:
         return run(opts)
     except VmError as e:
