@@ -93,62 +93,146 @@ def test_random_ring_entries_fail_with_a_named_status(small, raw, stamp):
     assert_device_serves(small)
 
 
-# Per opcode: used dims, and each used operand as (elements as a function of dims, scaled with the batch?).
+# Per opcode: a strategy for a well-formed op's dims, params, flags, and each used operand as
+# (elements, scaled with the batch?); small enough that every operand fits its segment at batch 3.
+Operands = dict[str, tuple[int, bool]]
+
+
+def _pair(lo: int, hi: int) -> int:
+    return lo | hi << 16
+
+
+def _out(size: int, k: int, s: int, d: int, pad: int) -> int:
+    """Fewest windows whose implied end padding is >= 0 (the engines refuse less)."""
+    return max(1, -(-(size + pad - (k - 1) * d - 1) // s) + 1)
+
+
+def _matmul(draw):
+    m, k, n = (draw(st.integers(1, 8)) for _ in range(3))
+    flags = draw(st.sampled_from([0, 1, 2, 3]))
+    ops = {"src0": (m * k, True), "src1": (k * n, False), "dst": (m * n, True)}
+    if flags & prog.OP_FLAG.BIAS:
+        ops["src2"] = (n, False)
+    if flags & prog.OP_FLAG.RESIDUAL:
+        ops["src3"] = (m * n, True)
+    return [m, k, n], [], flags, ops
+
+
+def _binary(draw):
+    r, c = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    params = [draw(st.integers(0, len(prog.BINOP) - 1)), prog.BCAST.FULL, prog.BCAST.ROW]
+    return [r, c], params, 0, {"src0": (r * c, True), "src1": (c, False), "dst": (r * c, True)}
+
+
+def _unary(draw):
+    n = draw(st.integers(1, 8))
+    return [n], [draw(st.integers(0, len(prog.FUNC) - 1))], 0, {"src0": (n, True), "dst": (n, True)}
+
+
+def _softmax(draw):
+    r, c = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    return [r, c], [], 0, {"src0": (r * c, True), "dst": (r * c, True)}
+
+
+def _reduce(draw):
+    r, c = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    return [r, c], [draw(st.integers(0, len(prog.REDUCE) - 1))], 0, {"src0": (r * c, True), "dst": (r, True)}
+
+
+def _conv2d(draw):
+    g = draw(st.sampled_from([1, 2]))
+    c, oc = g * draw(st.integers(1, 2)), g * draw(st.integers(1, 2))
+    h, w = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kh, kw, sh, sw, dh, dw = (draw(st.integers(1, 2)) for _ in range(6))
+    pt, pl = draw(st.integers(0, 1)), draw(st.integers(0, 1))
+    oh, ow = _out(h, kh, sh, dh, pt), _out(w, kw, sw, dw, pl)
+    flags = draw(st.sampled_from([0, 1, 2, 3]))
+    ops = {"src0": (h * w * c, True), "src1": (kh * kw * c // g * oc, False), "dst": (oh * ow * oc, True)}
+    if flags & prog.OP_FLAG.BIAS:
+        ops["src2"] = (oc, False)
+    if flags & prog.OP_FLAG.RESIDUAL:
+        ops["src3"] = (oh * ow * oc, True)
+    params = [_pair(kh, kw), oc, _pair(sh, sw), _pair(pt, pl), _pair(dh, dw), g]
+    return [1, h, w, c, oh, ow], params, flags, ops
+
+
+def _pool(draw):
+    h, w, c = draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    kh, kw, sh, sw = (draw(st.integers(1, 3)) for _ in range(4))
+    pt, pl = draw(st.integers(0, 1)), draw(st.integers(0, 1))
+    oh, ow = _out(h, kh, sh, 1, pt), _out(w, kw, sw, 1, pl)
+    params = [draw(st.sampled_from(list(prog.POOL))), _pair(kh, kw), _pair(sh, sw), _pair(pt, pl)]
+    return [1, h, w, c, oh, ow], params, 0, {"src0": (h * w * c, True), "dst": (oh * ow * c, True)}
+
+
+def _layernorm(draw):
+    r, c = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    ops = {"src0": (r * c, True), "src1": (c, False), "src2": (c, False), "dst": (r * c, True)}
+    return [r, c], [0x3727C5AC], 0, ops  # eps 1e-5
+
+
+def _bmm(draw):
+    b, m, k, n = (draw(st.integers(1, 4)) for _ in range(4))
+    ops = {"src0": (b * m * k, True), "src1": (b * k * n, True), "dst": (b * m * n, True)}
+    return [b, m, k, n], [draw(st.integers(0, 3)), 0x3E000000], 0, ops  # alpha 0.125
+
+
+def _gather(draw):
+    r, v, d = (draw(st.integers(1, 8)) for _ in range(3))  # indices: whatever the segment holds
+    return [r, v, d], [], 0, {"src0": (r, True), "src1": (v * d, False), "dst": (r * d, True)}
+
+
+def _transpose(draw):
+    rank = draw(st.integers(1, 6))
+    dims = [draw(st.integers(1, 2)) for _ in range(rank)]
+    perm = [0, *draw(st.permutations(range(1, rank)))]  # the batch axis stays first
+    n = int(np.prod(dims))
+    return dims, [sum(a << 4 * i for i, a in enumerate(perm)), rank], 0, {"src0": (n, True), "dst": (n, True)}
+
+
 SHAPES = {
-    prog.OPCODE.MATMUL: (3, {"src0": (lambda d: d[0] * d[1], True), "src1": (lambda d: d[1] * d[2], False),
-                             "src2": (lambda d: d[2], False), "dst": (lambda d: d[0] * d[2], True)}),
-    prog.OPCODE.BINARY: (2, {"src0": (lambda d: d[0] * d[1], True), "src1": (lambda d: d[1], False),
-                             "dst": (lambda d: d[0] * d[1], True)}),
-    prog.OPCODE.UNARY: (1, {"src0": (lambda d: d[0], True), "dst": (lambda d: d[0], True)}),
-    prog.OPCODE.SOFTMAX: (2, {"src0": (lambda d: d[0] * d[1], True), "dst": (lambda d: d[0] * d[1], True)}),
-    prog.OPCODE.REDUCE: (2, {"src0": (lambda d: d[0] * d[1], True), "dst": (lambda d: d[0], True)}),
+    prog.OPCODE.MATMUL: _matmul, prog.OPCODE.BINARY: _binary, prog.OPCODE.UNARY: _unary,
+    prog.OPCODE.SOFTMAX: _softmax, prog.OPCODE.REDUCE: _reduce, prog.OPCODE.CONV2D: _conv2d,
+    prog.OPCODE.POOL: _pool, prog.OPCODE.LAYERNORM: _layernorm, prog.OPCODE.BMM: _bmm,
+    prog.OPCODE.GATHER: _gather, prog.OPCODE.TRANSPOSE: _transpose,
 }
 MUTATIONS = ["opcode", "act", "flags", "scale_mask", "dim", "seg", "offset", "size", "dtype", "ref_flags",
              "param", "reserved"]
 
 
 @st.composite
-def op_records(draw, max_batch=3):
+def op_records(draw, max_batch=3, mutate=True):
     """A well-formed op that fits its segments at max_batch, then zero to two fields pushed out of range:
     the well-formed ones reach the engines (and write), the mutated ones reach each check."""
     opcode = draw(st.sampled_from(sorted(SHAPES)))
-    ndims, operands = SHAPES[opcode]
+    dims, params, flags, operands = SHAPES[opcode](draw)
     op = np.zeros((), prog.OP)
-    op["opcode"] = opcode
+    op["opcode"], op["flags"] = opcode, flags
     op["act"] = draw(st.integers(0, len(prog.FUNC) - 1))
-    dims = [draw(st.integers(1, 8)) for _ in range(ndims)]
-    op["dims"][:ndims] = dims
+    op["dims"][:len(dims)] = dims
+    op["params"][:len(params)] = params
     op["scale_mask"] = 1
-    if opcode == prog.OPCODE.MATMUL and draw(st.booleans()):
-        op["flags"] = prog.OP_FLAG.BIAS
-    else:
-        operands = {k: v for k, v in operands.items() if k != "src2"}
-    if opcode == prog.OPCODE.BINARY:
-        op["params"][:3] = [draw(st.integers(0, len(prog.BINOP) - 1)), prog.BCAST.FULL, prog.BCAST.ROW]
-    elif opcode == prog.OPCODE.UNARY:
-        op["params"][0] = draw(st.integers(0, len(prog.FUNC) - 1))
-    elif opcode == prog.OPCODE.REDUCE:
-        op["params"][0] = draw(st.integers(0, len(prog.REDUCE) - 1))
     for name, (elements, scaled) in operands.items():
         ref = op[name]
         seg = (draw(st.sampled_from([prog.SEG_ARENA, prog.SEG_OUTPUT])) if name == "dst" else
                draw(st.sampled_from([prog.SEG_ARENA, prog.SEG_INPUT])) if scaled else prog.SEG_PROGRAM)
-        size = elements(dims) * 4
+        size = elements * 4
         room = Job.SIZES[seg] // (max_batch if scaled else 1) - size
-        ref["seg"], ref["size"], ref["dtype"] = seg, size, prog.DTYPE.F32
-        ref["offset"] = draw(st.integers(0, room // 4)) * 4
+        assert room >= 0, (prog.OPCODE(opcode).name, name, size)
+        ref["seg"], ref["size"], ref["offset"] = seg, size, draw(st.integers(0, room // 4)) * 4
+        ref["dtype"] = prog.DTYPE.I32 if (opcode, name) == (prog.OPCODE.GATHER, "src0") else prog.DTYPE.F32
         ref["flags"] = prog.REF_FLAG.SCALED if scaled else 0
-    for what in draw(st.lists(st.sampled_from(MUTATIONS), max_size=2)):
+    for what in draw(st.lists(st.sampled_from(MUTATIONS), max_size=2 if mutate else 0)):
         big = st.sampled_from([0, 1, 7, 0x1000001, 0x7FFFFFFF, 0xFFFFFFFF])
-        ref = op[draw(st.sampled_from(["src0", "src1", "src2", "dst"]))]
+        ref = op[draw(st.sampled_from(["src0", "src1", "src2", "dst", "src3"]))]
         if what == "opcode":
-            op["opcode"] = draw(st.sampled_from([0, 6, 0xFFFF]))
+            op["opcode"] = draw(st.sampled_from([0, 12, 0xFFFF, *SHAPES]))  # or another opcode's rules
         elif what == "act":
             op["act"] = draw(st.integers(len(prog.FUNC), 255))
         elif what == "flags":
-            op["flags"] = draw(st.sampled_from([0x2, 0x80, prog.OP_FLAG.BIAS]))
+            op["flags"] = draw(st.sampled_from([0x4, 0x80, prog.OP_FLAG.BIAS, prog.OP_FLAG.RESIDUAL]))
         elif what == "scale_mask":
-            op["scale_mask"] = draw(st.sampled_from([0, 2, 4, 0x40, 0xFFFF]))
+            op["scale_mask"] = draw(st.sampled_from([0, 2, 4, 0x20, 0x40, 0xFFFF]))
         elif what == "dim":
             op["dims"][draw(st.integers(0, 5))] = draw(big)
         elif what == "seg":
@@ -158,11 +242,11 @@ def op_records(draw, max_batch=3):
         elif what == "size":
             ref["size"] = draw(big)
         elif what == "dtype":
-            ref["dtype"] = draw(st.sampled_from([0, prog.DTYPE.I8, prog.DTYPE.I32, 99]))
+            ref["dtype"] = draw(st.sampled_from([0, prog.DTYPE.F32, prog.DTYPE.I8, prog.DTYPE.I32, 99]))
         elif what == "ref_flags":
             ref["flags"] = draw(st.sampled_from([0, 2, 0x8000]))
         elif what == "param":
-            op["params"][draw(st.integers(0, 7))] = draw(big)
+            op["params"][draw(st.integers(0, 7))] = draw(st.one_of(big, st.integers(0, 0x30003)))
         else:
             op[draw(st.sampled_from(["reserved0", "reserved1"]))].flat[0] = draw(st.integers(1, 0xFFFF))
     return op
@@ -186,6 +270,23 @@ def test_random_op_descriptors_fail_with_a_named_status_and_stay_in_bounds(small
             assert done.op_index is None
         assert_only_changed(small, before, [*job.writable(), *rings(small)])
         assert_device_serves(small)
+    finally:
+        job.free()
+
+
+@FUZZ
+@given(ops=st.lists(op_records(mutate=False), min_size=1, max_size=4), batch=st.integers(1, 3))
+def test_well_formed_ops_of_every_opcode_run(small, ops, batch):
+    """The generator's ops before mutation are valid: the whole job runs and writes only its segments."""
+    job = Job(small)
+    try:
+        image = np.array(ops, prog.OP).tobytes()
+        job.bufs[prog.SEG_PROGRAM].view[:len(image)] = image
+        before = snapshot(small)
+        done = small.driver.run(opcode=hw.JOB_OP.RUN, seg_table=job.table.addr, seg_count=prog.SEG_COUNT,
+                                prog_seg=prog.SEG_PROGRAM, op_count=len(ops), batch=batch)
+        assert done.status == hw.STATUS.OK and done.cycles > 0
+        assert_only_changed(small, before, [*job.writable(), *rings(small)])
     finally:
         job.free()
 
