@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         npu = device.load(program)
         out = npu(x_test)
         npu_rate = samples_per_second(npu, x_test)
-        fw = device.driver.firmware_version
+        fw = device.info()["firmware"]
     ref_rate = samples_per_second(lambda x: ref_fn(x).block_until_ready(), x_test)
 
     acc_npu = float((out.argmax(1) == y_test).mean())
