@@ -89,7 +89,9 @@ def layernorm(x: np.ndarray, scale: np.ndarray, offset: np.ndarray, eps: float) 
 def bmm(a: np.ndarray, b: np.ndarray, a_t: bool, b_t: bool, alpha: float) -> np.ndarray:
     """alpha * a @ b over a batch axis; a stored [B,K,M] when a_t, b stored [B,N,K] when b_t (views)."""
     out = np.matmul(a.transpose(0, 2, 1) if a_t else a, b.transpose(0, 2, 1) if b_t else b)
-    return out if alpha == 1.0 else out * F32(alpha)
+    if alpha != 1.0:
+        out *= F32(alpha)  # in place: a second result-sized buffer costs more than the matmul
+    return out
 
 
 def gather(idx: np.ndarray, table: np.ndarray) -> np.ndarray:
