@@ -118,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"compiled in {t_compile:.2f} s: {program.op_count} device ops, {m['weights_size']:,} B weights, "
           f"{m['arena_size']:,} B arena per sample; device {args.device}, firmware {fw}")
     print()
-    print(f"{'':16} {'accuracy':>9} {'samples/s':>12}")
-    print(f"{'jax.jit (CPU)':16} {acc_ref:9.2%} {ref_rate:12,.0f}")
-    print(f"{'flaxnpu ' + args.device:16} {acc_npu:9.2%} {npu_rate:12,.0f}")
+    label = f"flaxnpu {args.device}"
+    w = max(16, len(label))
+    print(f"{'':{w}} {'accuracy':>9} {'samples/s':>12}")
+    print(f"{'jax.jit (CPU)':{w}} {acc_ref:9.2%} {ref_rate:12,.0f}")
+    print(f"{label:{w}} {acc_npu:9.2%} {npu_rate:12,.0f}")
     print()
     ok = acc_npu == acc_ref and err <= LOGIT_BOUND
     print(f"max |NPU - jax.jit| over the logits: {err:.2e} (bound {LOGIT_BOUND:g}): {'OK' if ok else 'FAIL'}")
