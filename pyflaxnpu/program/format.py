@@ -16,6 +16,7 @@ import numpy as np
 from flaxnpu_abi import prog
 
 from pyflaxnpu.errors import ProgramFormatError
+from pyflaxnpu.program.hostseg import FILE_FLAG_HOST_SEGMENTS, has_host, header_flags
 from pyflaxnpu.program.manifest import check_manifest
 
 HEADER_SIZE = prog.FILE_HEADER.itemsize
@@ -53,6 +54,7 @@ def pack(image: bytes, op_count: int, manifest: dict[str, Any],
     hdr["magic"] = prog.FILE_MAGIC
     hdr["version_major"], hdr["version_minor"] = version
     hdr["header_size"] = HEADER_SIZE
+    hdr["flags"] = header_flags(manifest)
     hdr["file_size"] = file_size
     hdr["image_offset"], hdr["image_size"] = image_offset, len(image)
     hdr["op_count"] = op_count
@@ -92,6 +94,10 @@ def parse(data: bytes | bytearray | memoryview) -> Parsed:
     version = (int(hdr["version_major"]), int(hdr["version_minor"]))
     image = data[image_offset:image_offset + image_size]
     check_manifest(manifest, version, image, op_count)
+    if int(hdr["flags"]) != header_flags(manifest):
+        raise ProgramFormatError(
+            f"program header flags are 0x{int(hdr['flags']):x}, but the manifest "
+            f"{'has' if has_host(manifest) else 'has no'} host segments (flag 0x{FILE_FLAG_HOST_SEGMENTS:x})")
     return Parsed(version, image, op_count, manifest)
 
 
@@ -129,10 +135,12 @@ def _header(data: bytes) -> np.void:
         raise ProgramFormatError(
             f"program header is inconsistent: header_size is {header_size}, expected {HEADER_SIZE}")
     for field in ("flags", "reserved0", "reserved1"):
-        if int(hdr[field]) != 0:
+        known = FILE_FLAG_HOST_SEGMENTS if field == "flags" else 0
+        if int(hdr[field]) & ~known:
             raise ProgramFormatError(
                 f"program header field {field} is 0x{int(hdr[field]):x}, must be 0 in format "
-                f"{prog.ABI_MAJOR}.x")
+                f"{prog.ABI_MAJOR}.x" + (" (0x1 = host segments; other bits are unknown to this reader)"
+                                         if known else ""))
     return hdr
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from flaxnpu_abi import prog
 
 from pyflaxnpu.errors import ProgramFormatError
+from pyflaxnpu.program.hostseg import check_segments
 
 DTYPES = {"float32": 4}
 _IO_KEYS = {"name": str, "shape": list, "dtype": str, "offset": int, "size": int}
@@ -136,6 +137,7 @@ def check_manifest(manifest: Any, version: tuple[int, int], image: bytes, op_cou
     descs = np.frombuffer(image, dtype=prog.OP, count=op_count)
     for i, (meta, desc) in enumerate(zip(ops, descs, strict=True)):
         _op(i, meta, desc, extents)
+    check_segments(manifest, op_count, extents)
 
 
 def _op(i: int, meta: Any, desc: np.void, extents: dict[int, int]) -> None:

@@ -111,26 +111,7 @@ class Program:
                 f"{self.weights_size} weight bytes, arena {self.arena_size} B/item)")
 
     def report(self) -> str:
-        """One line per op: index, opcode+act, module path, primitives, shapes and weight bytes."""
-        m = self._manifest
-        ins = ", ".join(f"{t['name']} {t['shape']}" for t in m["inputs"])
-        outs = ", ".join(f"{t['name']} {t['shape']}" for t in m["outputs"])
-        lines = [f"program {m.get('name', '?')}: format {self._version[0]}.{self._version[1]}, "
-                 f"{self._op_count} ops, weights {self.weights_size} B, arena {self.arena_size} B/item",
-                 f"  inputs: {ins}", f"  outputs: {outs}",
-                 f"  {'#':>3}  {'op':<18} {'module':<22} {'shapes':<30} {'weights':>8}  primitives"]
-        for desc, meta in zip(self.ops, m["ops"], strict=True):
-            dims = [int(d) for d in desc["dims"] if d]
-            scaled = int(desc["scale_mask"])
-            shape = "x".join((f"{d}B" if d > 1 else "B") if scaled >> k & 1 else str(d)
-                             for k, d in enumerate(dims))
-            weight_bytes = sum(int(desc[r]["size"]) for r in ("src0", "src1", "src2")
-                               if int(desc[r]["seg"]) == prog.SEG_PROGRAM and int(desc[r]["size"]))
-            kind = meta["opcode"] + ("" if meta["act"] == "NONE" else f"+{meta['act']}")
-            if int(desc["flags"]) & prog.OP_FLAG.BIAS:
-                kind += "+BIAS"
-            where = meta["module"] or "-"
-            src = f"  @ {meta['source']}" if meta.get("source") else ""
-            lines.append(f"  {meta['index']:>3}  {kind:<18} {where:<22} {shape:<30} {weight_bytes:>8}  "
-                         f"{' '.join(meta['primitives'])}{src}")
-        return "\n".join(lines)
+        """Every op in order: where it runs (NPU, or CPU and why), module, shapes, bytes, cycles; totals."""
+        from pyflaxnpu.program.report import render
+
+        return render(self)
