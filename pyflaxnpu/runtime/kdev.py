@@ -18,6 +18,7 @@ import numpy as np
 from flaxnpu_abi import hw, prog, uapi
 
 from ..errors import DeviceError, DeviceTimeout, JobError
+from ..program.hostseg import has_host
 from .device import Device
 from .model import IoSpec, default_max_batch
 from .udriver import status_text
@@ -95,6 +96,12 @@ class KernelModel:
 
     def __init__(self, dev: KernelDevice, program: Program, max_batch: int | None) -> None:
         self.dev, self.program = dev, program
+        if has_host(program.manifest):
+            # EXECUTE runs a model's whole op stream and has no op range; mixed programs need one (or one
+            # model per device segment) plus the arena as an mmap'd ARENA_BO: not done yet.
+            raise DeviceError("this program runs part of the model on the CPU (host segments), which the "
+                              "kernel backend does not support yet: use open('sim'), or compile with "
+                              "fallback='error' to see which operations need the CPU")
         self.inputs = [IoSpec.from_manifest(d) for d in program.inputs]
         self.outputs = [IoSpec.from_manifest(d) for d in program.outputs]
         self._in_item = max((s.offset + s.size for s in self.inputs), default=0)

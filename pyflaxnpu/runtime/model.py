@@ -9,6 +9,7 @@ import numpy as np
 from flaxnpu_abi import hw, prog
 
 from ..errors import JobError
+from . import host
 from .dma import DmaBuffer
 from .udriver import UserDriver
 
@@ -66,6 +67,7 @@ class LoadedModel:
         self._in = self._keep(alloc.alloc(_seg_bytes(self._in_item, self.max_batch)))
         self._out = self._keep(alloc.alloc(_seg_bytes(self._out_item, self.max_batch)))
         self.last_cycles = 0
+        self._segments = host.plan(program)  # imports jax only when the program has host segments
 
     def _keep(self, buf: DmaBuffer) -> DmaBuffer:
         self._buffers.append(buf)
@@ -107,19 +109,28 @@ class LoadedModel:
         table[prog.SEG_INPUT] = (self._in.addr, _seg_bytes(self._in_item, n), hw.SEG_FLAG.READ, 0)
         table[prog.SEG_OUTPUT] = (self._out.addr, _seg_bytes(self._out_item, n), hw.SEG_FLAG.WRITE, 0)
         self._table.view[:] = table.tobytes()
-        try:
-            done = self.driver.run(opcode=hw.JOB_OP.RUN, seg_table=self._table.addr, seg_count=prog.SEG_COUNT,
-                                   prog_seg=prog.SEG_PROGRAM, prog_offset=0, op_count=self.program.op_count,
-                                   batch=n)
-        except JobError as e:
-            raise self._explain(e) from None
-        self.last_cycles += done.cycles
+        views = {prog.SEG_ARENA: self._arena.view, prog.SEG_INPUT: self._in.view, prog.SEG_OUTPUT: self._out.view}
+        for seg in self._segments:  # one device job, or jobs with host segments between them
+            if seg.kind == "cpu":
+                host.run(seg, views, n)
+                continue
+            try:
+                done = self.driver.run(opcode=hw.JOB_OP.RUN, seg_table=self._table.addr,
+                                       seg_count=prog.SEG_COUNT, prog_seg=prog.SEG_PROGRAM,
+                                       prog_offset=seg.first * prog.OP_SIZE, op_count=seg.last - seg.first,
+                                       batch=n)
+            except JobError as e:
+                raise self._explain(e, seg.first) from None
+            self.last_cycles += done.cycles
         for y, spec in zip(ys, self.outputs, strict=True):
             y.reshape(-1).view(np.uint8)[:] = self._out.view[spec.offset * n:(spec.offset + spec.size) * n]
 
-    def _explain(self, e: JobError) -> JobError:
+    def _explain(self, e: JobError, first: int = 0) -> JobError:
         """Name the Flax module behind a failing op: that is where a user can act."""
         ops = self.program.manifest.get("ops", [])
+        if first and e.op_index is not None:  # the job ran ops [first, ...): its index is relative
+            e = JobError(str(e).replace(f"at op {e.op_index}", f"at op {e.op_index + first}"), e.status,
+                         e.op_index + first, e.info)
         if e.op_index is not None and 0 <= e.op_index < len(ops):
             meta = ops[e.op_index]
             where = f" (op {e.op_index}: {meta.get('opcode')} from {meta.get('module') or '?'}"
