@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from flaxnpu_abi import prog
 
+from pyflaxnpu.compiler import partition
 from pyflaxnpu.compiler.ir import Buffer, Graph, Tensor
 from pyflaxnpu.compiler.memory import Plan, align
 from pyflaxnpu.program import Program
@@ -16,6 +17,7 @@ PRODUCER = "pyflaxnpu 0.1.0"
 
 
 def emit(graph: Graph, plan: Plan, name: str) -> Program:
+    full, graph = graph, partition.device_graph(graph)  # the op stream holds the NPU's ops only
     weights = _weights(graph)
     ops_end = align(len(graph.ops) * prog.OP_SIZE)
     where: dict[int, tuple[int, int]] = {id(b): (plan.seg[id(b)], plan.offset[id(b)]) for b in _scaled(graph)}
@@ -51,6 +53,7 @@ def emit(graph: Graph, plan: Plan, name: str) -> Program:
     }
     if not isinstance(graph.out_tree, int):
         manifest["output_tree"] = _tree(graph.out_tree)
+    partition.annotate(manifest, full, graph, plan)
     return Program(image, len(graph.ops), manifest)
 
 

@@ -275,6 +275,6 @@ def eliminate_dead(graph: Graph) -> None:
     while changed:
         changed = False
         for op in list(graph.ops):
-            if not graph.is_output(op.dst.buf) and not graph.users(op.dst.buf):
+            if not any(graph.is_output(b) or graph.users(b) for b in op.writes()):
                 graph.ops.remove(op)
                 changed = True

@@ -75,6 +75,9 @@ class Op:
     def reads(self) -> list[Buffer]:
         return [t.buf for t in self.srcs if t is not None]
 
+    def writes(self) -> list[Buffer]:
+        return [self.dst.buf]  # a CPU op (partition.HostOp) may write several
+
     @property
     def bcast(self) -> tuple[BCAST, BCAST]:
         assert self.opcode == OPCODE.BINARY

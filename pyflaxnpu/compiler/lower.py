@@ -59,6 +59,7 @@ class Lowering:
         self.prov = Provenance("", None, ())
         self._weights: dict[tuple[Any, ...], Buffer] = {}
         self._count = 0
+        self.host: Any = None  # set for fallback="auto" (compiler/partition.py)
 
     # ------------------------------------------------------------------ interpreter
     def run(self, jaxpr: core.Jaxpr, consts: list[Any], args: list[Value], stack: Any,
@@ -82,6 +83,8 @@ class Lowering:
                 outs = self.run(body.jaxpr, list(body.consts), ins, name_stack, src)
             elif all(isinstance(v, Const) for v in ins):
                 outs = self.fold(eqn, ins)
+            elif self.host is not None:  # fallback="auto": partition.HostLowering tries the rule
+                outs = self.host.lower(self, eqn, ins, rule)
             elif rule is None:
                 raise UnsupportedPrimitiveError(
                     f"unsupported primitive '{prim}'{self.where()}: the NPU has no lowering for it. "
@@ -356,9 +359,13 @@ REGISTRY: dict[str, Rule | Inline] = {
 }
 
 
-def lower(traced: Traced) -> Graph:
-    """The whole model as IR ops, with the input and outputs placed in their segments."""
+def lower(traced: Traced, host: Any = None) -> Graph:
+    """The whole model as IR ops, with the input and outputs placed in their segments.
+
+    host: a partition.HostLowering to run what the NPU cannot on the CPU, or None to refuse it.
+    """
     lw = Lowering(traced)
+    lw.host = host
     x = Tensor(Buffer("input", 4 * math.prod(traced.item_shape), "input"), traced.item_shape)
     jaxpr = traced.jaxpr
     params = [Const(v, name) for name, v in traced.params]

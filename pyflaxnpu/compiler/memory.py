@@ -43,13 +43,13 @@ def plan(graph: Graph) -> Plan:
     live: list[tuple[int, int, Buffer]] = []   # (offset, end, buffer)
     peak = 0
     for i, op in enumerate(graph.ops):
-        buf = op.dst.buf
-        if buf.kind == "act" and id(buf) not in offset:
-            start = _first_fit(live, align(buf.nbytes))
-            seg[id(buf)], offset[id(buf)] = prog.SEG_ARENA, start
-            live.append((start, start + align(buf.nbytes), buf))
-            live.sort(key=lambda r: r[0])
-            peak = max(peak, start + align(buf.nbytes))
+        for buf in op.writes():
+            if buf.kind == "act" and id(buf) not in offset:
+                start = _first_fit(live, align(buf.nbytes))
+                seg[id(buf)], offset[id(buf)] = prog.SEG_ARENA, start
+                live.append((start, start + align(buf.nbytes), buf))
+                live.sort(key=lambda r: r[0])
+                peak = max(peak, start + align(buf.nbytes))
         live = [r for r in live if last_use.get(id(r[2]), -1) > i]
     return Plan(seg, offset, peak, out_end, align(graph.input.buf.nbytes))
 

@@ -1,4 +1,8 @@
-"""What the compiler refuses, and that each refusal names the problem, the model line and the fix."""
+"""What the compiler refuses, and that each refusal names the problem, the model line and the fix.
+
+compile() runs what the NPU cannot on the CPU by default (fallback="auto", test_compiler_fallback.py);
+these are the refusals of fallback="error", and the batch rules that hold in both modes.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pyflaxnpu.compiler import compile
+from pyflaxnpu.compiler import compile as _compile
 from pyflaxnpu.errors import CompileError, UnsupportedPrimitiveError
+
+
+def compile(module, variables, x):
+    return _compile(module, variables, x, fallback="error")
 
 
 def _line(fn) -> int:
