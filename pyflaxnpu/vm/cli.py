@@ -54,6 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="copy each NPU's device-model log and firmware log (npuN.log, npuN.firmware.log) here")
     p.add_argument("--allow-device-loss", action="store_true",
                    help="when a device model dies, say so and keep the guest running (tests of device loss)")
+    p.add_argument("--plain-ivshmem", action="store_true",
+                   help="also attach an ivshmem device with no NPU behind it (the driver must leave it alone)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the boot console, QEMU's command, timings")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     p.set_defaults(fn=cmd_vm)
@@ -65,7 +67,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
                      accel=args.accel, smp=args.smp, driver_dir=None if args.no_driver else args.driver_dir,
                      firmware=args.firmware, env=dict(args.env), boot_timeout=args.boot_timeout,
                      timeout=args.timeout, verbose=args.verbose, logs_dir=args.logs,
-                     allow_device_loss=args.allow_device_loss)
+                     allow_device_loss=args.allow_device_loss, plain_ivshmem=args.plain_ivshmem)
     try:
         return run(opts)
     except VmError as e:

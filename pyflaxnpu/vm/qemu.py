@@ -27,6 +27,9 @@ class GuestSpec:
     work: Path  # shared read-write at the same path
     accel: str = "tcg"
     smp: int = 1
+    # An ivshmem device with plain shared memory and no NPU behind it (its file): the driver must leave it
+    # alone, because other software uses ivshmem too.
+    plain_ivshmem: Path | None = None
 
 
 def find_qemu() -> str:
@@ -67,4 +70,7 @@ def command(spec: GuestSpec) -> list[str]:
     for i, sock in enumerate(spec.sockets):
         args += ["-chardev", f"socket,path={sock},id=npu{i}",
                  "-device", f"ivshmem-doorbell,chardev=npu{i},vectors={VECTORS},bus=pcie.0,addr=0x{NPU_SLOT0 + i:x}"]
+    if spec.plain_ivshmem is not None:
+        args += ["-object", f"memory-backend-file,id=plain,size=1M,mem-path={spec.plain_ivshmem},share=on",
+                 "-device", f"ivshmem-plain,memdev=plain,bus=pcie.0,addr=0x{NPU_SLOT0 + MAX_NPUS:x}"]
     return args

@@ -52,6 +52,7 @@ class VmOptions:
     verbose: bool = False
     logs_dir: Path | None = None  # keep the device models' and firmwares' logs here
     allow_device_loss: bool = False  # a dead device model is reported, QEMU goes on (device-loss tests)
+    plain_ivshmem: bool = False  # also attach an ivshmem device that is not an NPU
     out: Callable[[bytes], None] = field(default=lambda b: (sys.stdout.buffer.write(b), sys.stdout.buffer.flush()))
     log: Callable[[str], None] = field(default=lambda s: print(s, file=sys.stderr, flush=True))
 
@@ -176,8 +177,13 @@ def run(opts: VmOptions) -> int:
         if opts.npus == 0:  # no server creates the RAM file: QEMU needs one to exist or creates it itself
             ram_path.touch()
         servers.start()
+        plain = None
+        if opts.plain_ivshmem:
+            plain = ram_path.with_suffix(".plain")
+            with open(plain, "wb") as f:
+                f.truncate(1 << 20)
         spec = qemu.GuestSpec(kern.vmlinux, initrd, append, opts.memory, ram_path, servers.sockets, workdir,
-                              opts.accel, opts.smp)
+                              opts.accel, opts.smp, plain)
         argv = qemu.command(spec)
         if opts.verbose:
             opts.log("flaxnpu vm: " + shlex.join(argv))
@@ -194,6 +200,7 @@ def run(opts: VmOptions) -> int:
             for p in run_dir.glob("npu*.log"):
                 shutil.copy(p, opts.logs_dir / p.name)
         ram_path.unlink(missing_ok=True)
+        ram_path.with_suffix(".plain").unlink(missing_ok=True)
         for p in sorted(run_dir.iterdir()) if run_dir.exists() else []:
             p.unlink(missing_ok=True)
         run_dir.rmdir()
