@@ -154,7 +154,7 @@ def py_module(spec_name: str, spec: dict) -> str:
         for name, c in spec.get(section, {}).items():
             out.append(f"{name} = 0x{c['value']:x}  # {c['doc']}")
     out.append("")
-    flags = {"seg_flag", "op_flag", "ref_flag", "exec_flag"}
+    flags = {"seg_flag", "op_flag", "ref_flag", "exec_flag", "file_flag"}
     for ename, members in spec.get("enums", {}).items():
         base = "IntFlag" if ename in flags else "IntEnum"
         out += ["", f"class {ename.upper()}({base}):"]

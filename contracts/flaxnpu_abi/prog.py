@@ -152,6 +152,13 @@ OP_FLAG_DOC = {
     OP_FLAG.RESIDUAL: "MATMUL, CONV2D: src3 (dst's shape) is added before act (1.1)",
 }
 
+class FILE_FLAG(IntFlag):
+    HOST_SEGMENTS = 0x1  # the manifest has host (CPU) segments: a reader that cannot run them must refuse the file
+
+FILE_FLAG_DOC = {
+    FILE_FLAG.HOST_SEGMENTS: 'the manifest has host (CPU) segments: a reader that cannot run them must refuse the file',
+}
+
 class REF_FLAG(IntFlag):
     SCALED = 0x1  # offset and size are per batch item: the firmware multiplies both by batch
 

@@ -98,6 +98,10 @@ enum fnpu_op_flag {
 	FNPU_OP_FLAG_RESIDUAL = 0x2, /* MATMUL, CONV2D: src3 (dst's shape) is added before act (1.1) */
 };
 
+enum fnpu_file_flag {
+	FNPU_FILE_FLAG_HOST_SEGMENTS = 0x1, /* the manifest has host (CPU) segments: a reader that cannot run them must refuse the file */
+};
+
 enum fnpu_ref_flag {
 	FNPU_REF_FLAG_SCALED = 0x1, /* offset and size are per batch item: the firmware multiplies both by batch */
 };
@@ -154,7 +158,7 @@ struct fnpu_file_header {
 	uint16_t version_major; /* program format major: a reader refuses any other */
 	uint16_t version_minor; /* program format minor: a reader accepts older and newer */
 	uint32_t header_size; /* 64 */
-	uint32_t flags; /* none defined: must be 0 */
+	uint32_t flags; /* FILE_FLAG_*; a reader refuses flags it does not know */
 	uint64_t file_size; /* bytes of the whole file */
 	uint32_t image_offset; /* file offset of the device image: op stream, then weights */
 	uint32_t image_size; /* bytes of the device image */

@@ -23,7 +23,7 @@ from flaxnpu_abi import prog
 
 from pyflaxnpu.errors import ProgramFormatError
 
-FILE_FLAG_HOST_SEGMENTS = 0x1
+FILE_FLAG_HOST_SEGMENTS = int(prog.FILE_FLAG.HOST_SEGMENTS)
 
 # numpy dtypes a host tensor may have (what jax computes on the CPU without x64).
 ITEMSIZE = {"float32": 4, "int32": 4, "uint32": 4, "float16": 2, "bfloat16": 2, "int16": 2, "uint16": 2,
