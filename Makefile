@@ -25,6 +25,7 @@ demo: firmware
 lint: bootstrap
 	$(PY) contracts/generate.py --check
 	$(PY) -m ruff check .
+	bash tools/checkpatch.sh
 
 test: firmware lint
 	$(PY) -m pytest -q
