@@ -19,8 +19,8 @@ from flaxnpu_abi import hw, prog, uapi
 
 from ..errors import DeviceError, DeviceTimeout, JobError
 from ..program.hostseg import has_host
+from .batching import BatchedModel
 from .device import Device
-from .model import IoSpec, default_max_batch
 from .udriver import status_text
 
 if TYPE_CHECKING:
@@ -91,23 +91,18 @@ class Channel:
         return self._pending.pop(tag)
 
 
-class KernelModel:
+class KernelModel(BatchedModel):
     """A program loaded through the kernel driver; called like the in-process LoadedModel."""
 
     def __init__(self, dev: KernelDevice, program: Program, max_batch: int | None) -> None:
-        self.dev, self.program = dev, program
+        self.dev = dev
         if has_host(program.manifest):
             # EXECUTE runs a model's whole op stream and has no op range; mixed programs need one (or one
             # model per device segment) plus the arena as an mmap'd ARENA_BO: not done yet.
             raise DeviceError("this program runs part of the model on the CPU (host segments), which the "
                               "kernel backend does not support yet: use open('sim'), or compile with "
                               "fallback='error' to see which operations need the CPU")
-        self.inputs = [IoSpec.from_manifest(d) for d in program.inputs]
-        self.outputs = [IoSpec.from_manifest(d) for d in program.outputs]
-        self._in_item = max((s.offset + s.size for s in self.inputs), default=0)
-        self._out_item = max((s.offset + s.size for s in self.outputs), default=0)
-        per_item = int(program.arena_size) + self._in_item + self._out_item
-        self.max_batch = max_batch or default_max_batch(per_item)
+        super().__init__(program, max_batch)
         cmd = np.zeros((), uapi.CMD_LOAD_MODEL)
         cmd["hdr"]["type"] = uapi.CMD.LOAD_MODEL
         cmd["image_size"], cmd["op_count"] = len(program.image), program.op_count
@@ -115,28 +110,7 @@ class KernelModel:
         self.handle = int(np.frombuffer(resp, uapi.RESP_MODEL, count=1)[0]["model"])
         self._in_bo, self._in_map = dev.bo(max(self._in_item * self.max_batch, 1))
         self._out_bo, self._out_map = dev.bo(max(self._out_item * self.max_batch, 1))
-        self.last_cycles = 0
         self.last_device_ns = 0
-
-    def __call__(self, *xs: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
-        if len(xs) != len(self.inputs):
-            raise TypeError(f"model takes {len(self.inputs)} input(s), got {len(xs)}")
-        arrays = []
-        for x, spec in zip(xs, self.inputs, strict=True):
-            a = np.asarray(x)
-            if a.shape[1:] != spec.shape:
-                raise ValueError(f"input {spec.name!r} must have shape (batch, {', '.join(map(str, spec.shape))}), "
-                                 f"got {a.shape}")
-            arrays.append(np.ascontiguousarray(a, dtype=spec.dtype))
-        batch = arrays[0].shape[0] if arrays else 0
-        if any(a.shape[0] != batch for a in arrays):
-            raise ValueError("inputs disagree on the batch size")
-        results = [np.empty((batch, *s.shape), dtype=s.dtype) for s in self.outputs]
-        self.last_cycles = self.last_device_ns = 0
-        for start in range(0, batch, self.max_batch):
-            n = min(self.max_batch, batch - start)
-            self._run_chunk([a[start:start + n] for a in arrays], [r[start:start + n] for r in results], n)
-        return results[0] if len(results) == 1 else tuple(results)
 
     def _run_chunk(self, xs: list[np.ndarray], ys: list[np.ndarray], n: int) -> None:
         for x, spec in zip(xs, self.inputs, strict=True):
@@ -147,7 +121,7 @@ class KernelModel:
         cmd["flags"] = uapi.EXEC_FLAG.INPUT_BO | uapi.EXEC_FLAG.OUTPUT_BO
         cmd["input_size"] = max(self._in_item * n, prog.ALIGN)
         cmd["output_size"] = max(self._out_item * n, prog.ALIGN)
-        cmd["arena_size"] = max(int(self.program.arena_size) * n, prog.ALIGN)
+        cmd["arena_size"] = max(self._arena_item * n, prog.ALIGN)
         cmd["input_bo"], cmd["output_bo"] = self._in_bo, self._out_bo
         chan = self.dev.chan
         job = int(np.frombuffer(chan.receive(chan.send(cmd)), uapi.RESP_JOB, count=1)[0]["job"])
@@ -155,16 +129,14 @@ class KernelModel:
         ret["hdr"]["type"], ret["job"] = uapi.CMD.RETRIEVE, job
         res = np.frombuffer(chan.receive(chan.send(ret)), uapi.RESP_RESULT, count=1)[0]
         status = int(res["status"])
+        if status == hw.STATUS.TIMEOUT:
+            raise DeviceTimeout(f"job timed out: {status_text(status)}; the driver reset the device (dmesg)")
         if status != hw.STATUS.OK:
             op = int(res["op_index"])
             op_index = None if op == hw.OP_NONE else op
             where = "" if op_index is None else f" at op {op_index}"
-            meta = self.program.manifest.get("ops", [])
-            if op_index is not None and op_index < len(meta):
-                where += f" ({meta[op_index].get('opcode')} from {meta[op_index].get('module') or '?'})"
-            cls = DeviceTimeout if status == hw.STATUS.TIMEOUT else JobError
             msg = f"job failed{where}: {status_text(status)}, info 0x{int(res['info']):x}"
-            raise cls(msg) if cls is DeviceTimeout else JobError(msg, status, op_index, int(res["info"]))
+            raise self._explain(JobError(msg, status, op_index, int(res["info"])))
         self.last_cycles += int(res["cycles"])
         self.last_device_ns += int(res["device_ns"])
         out = np.frombuffer(self._out_map, np.uint8, count=self._out_item * n)
