@@ -15,7 +15,7 @@ from flaxnpu_abi import prog
 from pyflaxnpu.errors import ProgramFormatError
 from pyflaxnpu.program.hostseg import check_segments
 
-DTYPES = {"float32": 4}
+DTYPES = {"float32": 4, "int32": 4}   # int32: token indices (GATHER)
 _IO_KEYS = {"name": str, "shape": list, "dtype": str, "offset": int, "size": int}
 _TENSOR_KEYS = {**_IO_KEYS, "seg": int, "scaled": bool}
 _OP_KEYS = {"index": int, "opcode": str, "module": str, "primitives": list, "act": str}
@@ -156,7 +156,7 @@ def _op(i: int, meta: Any, desc: np.void, extents: dict[int, int]) -> None:
         raise _fail(f"{path}.opcode", f"is {meta['opcode']!r}, the descriptor says {prog.OPCODE(opcode).name}")
     if int(desc["act"]) not in prog.FUNC.__members__.values():
         raise ProgramFormatError(f"program op {i}: act {int(desc['act'])} is not a FUNC")
-    for operand in ("src0", "src1", "src2", "dst"):
+    for operand in ("src0", "src1", "src2", "src3", "dst"):
         ref = desc[operand]
         offset, size, seg, flags = int(ref["offset"]), int(ref["size"]), int(ref["seg"]), int(ref["flags"])
         if size == 0 and offset == 0 and seg == 0 and flags == 0 and int(ref["dtype"]) == 0:

@@ -18,7 +18,7 @@ from segtable import write_table
 from pyflaxnpu.program import Program
 
 BASE = 0x1000_0000
-_REFS = ("src0", "src1", "src2", "dst")
+_REFS = ("src0", "src1", "src2", "src3", "dst")
 
 
 def _page(n: int) -> int:
@@ -43,9 +43,9 @@ def scale(op: np.void, batch: int) -> np.void:
 
 def run(program: Program, x: np.ndarray) -> list[np.ndarray]:
     """Outputs of program on x (shape [B, *input shape]), one array [B, *output shape] per output."""
-    x = np.ascontiguousarray(x, dtype="<f4")
-    batch = x.shape[0]
     inp = program.inputs[0]
+    x = np.ascontiguousarray(x, dtype="<i4" if inp["dtype"] == "int32" else "<f4")
+    batch = x.shape[0]
     assert x.shape[1:] == tuple(inp["shape"]), (x.shape, inp["shape"])
     out_extent = max(o["offset"] + o["size"] for o in program.outputs)
     sizes = [len(program.image), program.arena_size * batch, inp["size"] * batch, out_extent * batch]

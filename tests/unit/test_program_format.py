@@ -44,7 +44,7 @@ def make_program() -> Program:
         "ops": [{"index": i, "opcode": k, "module": "Dense_0", "primitives": ["add"], "source": None,
                  "act": a} for i, (k, a) in enumerate([("BINARY", "NONE"), ("UNARY", "RELU")])],
     }
-    return Program(image, 2, manifest)
+    return Program(image, 2, manifest, (1, 0))   # a format 1.0 program: newer readers still load it
 
 
 GOOD = make_program().to_bytes()
@@ -94,7 +94,7 @@ def test_named_errors():
     refuses(GOOD[:10], "truncated", "64-byte header")
     refuses(GOOD + b"x", "trailing")
     refuses(with_header(GOOD, magic=0x12345678), "not a flaxnpu program", "0x12345678")
-    msg = refuses(with_header(GOOD, version_major=2, version_minor=3), "2.3", "1.0")
+    msg = refuses(with_header(GOOD, version_major=2, version_minor=3), "2.3", f"1.{prog.ABI_MINOR}")
     assert "recompile" in msg
     refuses(GOOD[:100] + bytes([GOOD[100] ^ 1]) + GOOD[101:], "corrupted", "CRC-32")
     refuses(with_header(GOOD, op_count=1000), "1000 ops need 128000 bytes")
@@ -152,7 +152,7 @@ def test_op_refs_outside_their_segment_are_refused():
     ops[0]["src1"]["offset"] = 1 << 16
     image = ops.tobytes() + p.image[ops.nbytes:]
     with pytest.raises(ProgramFormatError, match=r"op 0 src1.*outside SEG_PROGRAM"):
-        Program(image, 2, p.manifest)
+        Program(image, 2, p.manifest, p.version)
 
 
 def test_every_truncation_point_is_refused():
