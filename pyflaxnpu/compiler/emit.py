@@ -16,6 +16,7 @@ from pyflaxnpu.program import Program
 PRODUCER = "pyflaxnpu 0.1.0"
 
 
+
 def emit(graph: Graph, plan: Plan, name: str) -> Program:
     full, graph = graph, partition.device_graph(graph)  # the op stream holds the NPU's ops only
     weights = _weights(graph)
@@ -30,11 +31,11 @@ def emit(graph: Graph, plan: Plan, name: str) -> Program:
     op_meta = []
     for i, op in enumerate(graph.ops):
         d = descs[i]
-        d["opcode"], d["act"], d["flags"] = int(op.opcode), int(op.act), prog.OP_FLAG.BIAS if op.bias else 0
+        d["opcode"], d["act"], d["flags"] = int(op.opcode), int(op.act), op.flags
         d["scale_mask"] = 1  # dims[0] is per item: see ir.Op
         d["dims"][: len(op.dims)] = op.dims
         d["params"][: len(op.params)] = op.params
-        for slot, t in zip(("src0", "src1", "src2", "dst"), [*op.srcs, op.dst], strict=True):
+        for slot, t in zip(("src0", "src1", "src2", "src3", "dst"), [*op.srcs, op.dst], strict=True):
             if t is not None:
                 _ref(d[slot], t, where)
         op_meta.append({"index": i, "opcode": op.opcode.name, "act": op.act.name, "module": op.prov.module,
@@ -78,19 +79,19 @@ def _weights(graph: Graph) -> list[Buffer]:
 def _ref(ref: np.void, t: Tensor, where: dict[int, tuple[int, int]]) -> None:
     seg, offset = where[id(t.buf)]
     ref["seg"], ref["offset"], ref["size"] = seg, offset, 4 * t.size
-    ref["dtype"] = prog.DTYPE.F32
+    ref["dtype"] = prog.DTYPE.I32 if t.buf.dtype == "int32" else prog.DTYPE.F32
     ref["flags"] = prog.REF_FLAG.SCALED if t.scaled else 0
 
 
 def _io(t: Tensor, name: str, where: dict[int, tuple[int, int]]) -> dict[str, Any]:
-    return {"name": name, "shape": list(t.shape), "dtype": "float32", "offset": where[id(t.buf)][1],
+    return {"name": name, "shape": list(t.shape), "dtype": t.buf.dtype, "offset": where[id(t.buf)][1],
             "size": 4 * math.prod(t.shape)}
 
 
 def _tensor(buf: Buffer, where: dict[int, tuple[int, int]]) -> dict[str, Any]:
     seg, offset = where[id(buf)]
     shape = list(buf.data.shape) if buf.data is not None else [buf.nbytes // 4]
-    return {"name": buf.name, "shape": shape, "dtype": "float32", "seg": seg, "offset": offset,
+    return {"name": buf.name, "shape": shape, "dtype": buf.dtype, "seg": seg, "offset": offset,
             "size": buf.nbytes, "scaled": buf.scaled}
 
 

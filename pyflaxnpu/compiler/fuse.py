@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from flaxnpu_abi.prog import BCAST, BINOP, FUNC, OPCODE, REDUCE
+from flaxnpu_abi.prog import BCAST, BINOP, FUNC
 
-from pyflaxnpu.compiler.ir import Buffer, Graph, Op, Tensor
+from pyflaxnpu.compiler import fold
+from pyflaxnpu.compiler.ir import OPCODE, REDUCE, Buffer, Graph, Op, Tensor
+from pyflaxnpu.compiler.layernorm import fuse_layernorm
 from pyflaxnpu.compiler.numerics import BINOPS, FUNCS, PROBE, same_function
 
 ACTIVATIONS = [FUNC.RELU, FUNC.GELU_TANH, FUNC.GELU_ERF, FUNC.SIGMOID, FUNC.TANH, FUNC.EXP, FUNC.LOG,
@@ -23,8 +25,13 @@ ACTIVATIONS = [FUNC.RELU, FUNC.GELU_TANH, FUNC.GELU_ERF, FUNC.SIGMOID, FUNC.TANH
 
 def run(graph: Graph) -> None:
     deduplicate(graph)
+    fold.fuse_mean(graph)
     fuse_softmax(graph)
+    fuse_layernorm(graph)
+    fold.fold_bmm_scale(graph)
     fuse_bias(graph)
+    fold.fold_affine(graph)      # conv/dense bias, inference BatchNorm, constant scales
+    fold.fuse_residual(graph)    # before activations: act(op + bias + src3)
     fuse_activations(graph)
     eliminate_dead(graph)
 
@@ -73,7 +80,7 @@ def fuse_softmax(graph: Graph) -> None:
         prov = chain[0].prov
         for op in chain[1:]:
             prov = prov.merge(op.prov)
-        _replace(graph, chain, Op(OPCODE.SOFTMAX, list(d.dims), [x, None, None], d.dst, prov), d)
+        _replace(graph, chain, Op(OPCODE.SOFTMAX, list(d.dims), [x, None, None, None], d.dst, prov), d)
 
 
 def _is(op: Op | None, opcode: OPCODE, param: int | None = None) -> bool:
@@ -261,7 +268,7 @@ def fuse_activations(graph: Graph) -> None:
                 _replace(graph, region, None, out)
             elif len(region) > 1 or out.opcode != OPCODE.UNARY or out.act != FUNC.NONE:
                 src = Tensor(x, (math.prod(out.dst.shape),))
-                new = Op(OPCODE.UNARY, [src.size], [src, None, None], out.dst, prov, FUNC.NONE, [int(func)])
+                new = Op(OPCODE.UNARY, [src.size], [src, None, None, None], out.dst, prov, FUNC.NONE, [int(func)])
                 _replace(graph, region, new, out)
             else:
                 continue

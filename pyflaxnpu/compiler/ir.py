@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from flaxnpu_abi.prog import BCAST, FUNC, OPCODE
+from flaxnpu_abi.prog import BCAST, FUNC, OP_FLAG, OPCODE, POOL
+from flaxnpu_abi.prog import REDUCE as REDUCE  # re-exported for the passes
 
 Kind = Literal["weight", "act", "input", "output"]
+POOL_MAX, POOL_AVG = int(POOL.MAX), int(POOL.AVG)
 
 
 @dataclass(eq=False)
@@ -25,6 +27,7 @@ class Buffer:
     nbytes: int                      # per batch item unless kind == "weight"
     kind: Kind
     data: np.ndarray | None = None   # float32 contents of a weight
+    dtype: str = "float32"           # "int32" only for token indices (GATHER's src0, the input)
 
     @property
     def scaled(self) -> bool:
@@ -65,12 +68,20 @@ class Op:
 
     opcode: OPCODE
     dims: list[int]
-    srcs: list[Tensor | None]        # src0, src1, src2
+    srcs: list[Tensor | None]        # src0, src1, src2, src3 (src3: the RESIDUAL operand)
     dst: Tensor
     prov: Provenance
     act: FUNC = FUNC.NONE
     params: list[int] = field(default_factory=list)
     bias: bool = False
+
+    @property
+    def residual(self) -> bool:
+        return self.srcs[3] is not None
+
+    @property
+    def flags(self) -> int:
+        return (OP_FLAG.BIAS if self.bias else 0) | (OP_FLAG.RESIDUAL if self.residual else 0)
 
     def reads(self) -> list[Buffer]:
         return [t.buf for t in self.srcs if t is not None]

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flaxnpu_abi.prog import BCAST, BINOP, FUNC, OPCODE, REDUCE
+from flaxnpu_abi.prog import BCAST, BINOP, FUNC
 from jax import export
 from jax._src import source_info_util
 from jax.extend import core
 
 from pyflaxnpu.compiler.broadcast import choose_split, materialize_row, tensor_modes, weight_modes
-from pyflaxnpu.compiler.ir import Buffer, Graph, Op, Provenance, Tensor
+from pyflaxnpu.compiler.ir import OPCODE, POOL_AVG, POOL_MAX, REDUCE, Buffer, Graph, Op, Provenance, Tensor
 from pyflaxnpu.compiler.trace import Traced, source_line
 from pyflaxnpu.errors import CompileError, UnsupportedPrimitiveError
 
@@ -42,7 +42,31 @@ class BView:
     shape: tuple[int, ...]
 
 
-Value = Const | Tensor | BView
+@dataclass
+class Scaled:
+    """A per-item tensor times a pending constant factor: the device computed a mean (POOL AVG) where
+    jax asked for a sum. A following division by the window size cancels it; anything else writes it out."""
+
+    src: Tensor
+    factor: float
+
+
+@dataclass
+class Index:
+    """int32 token ids from the input, on their way to an embedding lookup (jnp.take's pattern).
+
+    jnp.take wraps negative ids (lt, add, select_n) before its gather; GATHER wraps them itself, so the
+    pattern is tracked here and only the final gather becomes an op. wrap is the V of `id + V if id < 0`.
+    """
+
+    src: Tensor
+    shape: tuple[int, ...]
+    add: int = 0
+    wrap: int = 0
+    negative: bool = False   # the value is the predicate id < 0
+
+
+Value = Const | Tensor | BView | Scaled | Index
 
 
 class Inline:
@@ -104,6 +128,11 @@ class Lowering:
     def error(self, problem: str) -> CompileError:
         return CompileError(f"{self.prov.primitives[-1]}{self.where()}: {problem}")
 
+    def unsupported(self, problem: str) -> UnsupportedPrimitiveError:
+        """A primitive the NPU runs in some forms but not this one (problem says which, and the fix)."""
+        return UnsupportedPrimitiveError(
+            f"unsupported primitive '{self.prov.primitives[-1]}'{self.where()}: {problem}")
+
     def fold(self, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
         params = {k: self._concrete(v) for k, v in eqn.params.items()}
         out = eqn.primitive.bind(*[c.value for c in ins if isinstance(c, Const)], **params)
@@ -163,7 +192,7 @@ class Lowering:
 
     def emit(self, opcode: OPCODE, dims: list[int], srcs: list[Tensor | None], dst: Tensor,
              params: list[int] | None = None, act: FUNC = FUNC.NONE) -> Tensor:
-        self.ops.append(Op(opcode, dims, [*srcs, *[None] * (3 - len(srcs))], dst, self.prov, act,
+        self.ops.append(Op(opcode, dims, [*srcs, *[None] * (4 - len(srcs))], dst, self.prov, act,
                            params or []))
         return dst
 
@@ -171,9 +200,39 @@ class Lowering:
         """v as a stored per-item tensor: a pending broadcast is written out (x + 0)."""
         if isinstance(v, BView):
             return self.binary(BINOP.ADD, v, Const(np.float32(0)), v.shape)
+        if isinstance(v, Scaled):
+            return self.binary(BINOP.MUL, v.src, Const(np.float32(v.factor)), v.src.shape)
         if isinstance(v, Const):
             raise self.error("this operand must depend on the input, but it is a constant")
+        if isinstance(v, Index) or v.buf.dtype != "float32":
+            raise self.error("token ids (int32) are used for something other than an embedding lookup "
+                             "(jnp.take / nn.Embed); the NPU computes in float32 only")
         return v
+
+    def permute(self, t: Tensor, perm: list[int]) -> Tensor:
+        """t with its per-item axes permuted (out axis i = t's axis perm[i]): a view when no data moves,
+        else one TRANSPOSE over the fewest axes (size-1 axes dropped, runs that stay together merged)."""
+        shape = (1, *t.shape)   # the batch axis leads, scaled by the firmware
+        keep = [a for a in range(len(shape)) if a == 0 or shape[a] != 1]
+        full = [0, *[p + 1 for p in perm]]
+        order = [keep.index(p) for p in full if p in keep]
+        groups: list[list[int]] = []
+        for p in order:
+            if groups and groups[-1][-1] + 1 == p:
+                groups[-1].append(p)
+            else:
+                groups.append([p])
+        out_shape = tuple(t.shape[p] for p in perm)
+        if len(groups) == 1:
+            return Tensor(t.buf, out_shape)
+        by_input = sorted(range(len(groups)), key=lambda g: groups[g][0])
+        dims = [math.prod(shape[keep[a]] for a in groups[g]) for g in by_input]
+        gperm = [by_input.index(g) for g in range(len(groups))]
+        if len(dims) > 6:
+            raise self.error(f"permutes {len(dims)} independent axes; TRANSPOSE moves at most 6 (with the "
+                             "batch axis): reshape to merge axes first")
+        packed = sum(p << (4 * i) for i, p in enumerate(gperm))
+        return self.emit(OPCODE.TRANSPOSE, dims, [t], self.new_tensor(out_shape), [packed, len(dims)])
 
     def unary(self, func: FUNC, x: Value) -> Tensor:
         t = self.tensor(x)
@@ -207,6 +266,8 @@ class Lowering:
 
     def _operand(self, v: Value, n: int) -> tuple[Const | Tensor, tuple[int, ...]]:
         """A BINARY operand and its per-item shape at the output's rank."""
+        if isinstance(v, (Scaled, Index)):
+            v = self.tensor(v)
         if isinstance(v, BView):
             return v.src, v.src.shape
         if isinstance(v, Tensor):
@@ -235,9 +296,16 @@ Rule = Callable[[Lowering, core.JaxprEqn, list[Value]], list[Value]]
 
 
 def _identity(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
-    if eqn.primitive.name == "convert_element_type" and np.dtype(eqn.params["new_dtype"]) != np.float32:
-        raise lw.error(f"conversion to {np.dtype(eqn.params['new_dtype'])}: the NPU computes in float32 only")
-    return ins[:1]
+    v = _as_index(ins[0])
+    if eqn.primitive.name == "convert_element_type":
+        to = np.dtype(eqn.params["new_dtype"])
+        if isinstance(v, Index) and to == np.int32:
+            return [v]
+        if to != np.float32 or isinstance(v, Index):
+            what = "token ids" if isinstance(v, Index) else "a value"
+            raise lw.error(f"conversion of {what} to {to}: the NPU computes in float32 only (int32 token ids "
+                           "may only index an embedding)")
+    return [v]
 
 
 def _unary(func: FUNC) -> Rule:
@@ -245,7 +313,32 @@ def _unary(func: FUNC) -> Rule:
 
 
 def _binary(op: BINOP) -> Rule:
-    return lambda lw, eqn, ins: [lw.binary(op, ins[0], ins[1], item_shape(eqn.outvars[0]))]
+    def rule(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
+        a, b = ins
+        if any(isinstance(v, Index) or (isinstance(v, Tensor) and v.buf.dtype == "int32") for v in ins):
+            return [_index_add(lw, a, b) if op == BINOP.ADD else lw.tensor(_as_index(a))]
+        if isinstance(a, Scaled) and isinstance(b, Const) and np.size(b.value) == 1 and op in (
+                BINOP.DIV, BINOP.MUL):
+            c = float(np.asarray(b.value).reshape(()))
+            factor = a.factor / c if op == BINOP.DIV else a.factor * c
+            # avg_pool and mean divide the window sum by its size: the POOL AVG / REDUCE MEAN result.
+            return [a.src if np.float32(factor) == np.float32(1) else Scaled(a.src, factor)]
+        return [lw.binary(op, a, b, item_shape(eqn.outvars[0]))]
+    return rule
+
+
+def _as_index(v: Value) -> Value:
+    return Index(v, v.shape) if isinstance(v, Tensor) and v.buf.dtype == "int32" else v
+
+
+def _index_add(lw: Lowering, a: Value, b: Value) -> Value:
+    a, b = _as_index(a), _as_index(b)
+    if isinstance(b, Index):
+        a, b = b, a
+    if not (isinstance(a, Index) and isinstance(b, Const) and np.size(b.value) == 1 and not a.negative
+            and a.add == 0 and a.wrap == 0):
+        return lw.tensor(a)   # names the problem
+    return Index(a.src, a.shape, add=int(np.asarray(b.value).reshape(())))
 
 
 def _integer_pow(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
@@ -262,44 +355,26 @@ def _erfc(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
     return [lw.binary(BINOP.SUB, Const(np.float32(1)), erf, erf.shape)]
 
 
-def _reduce(kind: REDUCE) -> Rule:
-    def rule(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
-        x = lw.tensor(ins[0])
-        axes = sorted(a - 1 for a in eqn.params["axes"])  # check_batch already refused axis 0
-        n = len(x.shape)
-        if axes != list(range(n - len(axes), n)):
-            raise lw.error(f"reduces per-item axes {axes} of shape {x.shape}: REDUCE works over the "
-                           "trailing axes only; move the reduced axes last")
-        keep = x.shape[: n - len(axes)]
-        dims = [math.prod(keep), math.prod(x.shape[n - len(axes):])]
-        return [lw.emit(OPCODE.REDUCE, dims, [x], lw.new_tensor(keep), [int(kind)])]
-    return rule
-
-
 def _view(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
     # Per-item tensors are contiguous row-major blocks, so any reshape that keeps the batch axis
     # leading (check_batch) is a new shape on the same bytes.
     if eqn.params.get("dimensions") is not None:
-        raise lw.error("reshape with a 'dimensions' permutation needs a transpose, which the NPU lacks")
-    x = lw.tensor(ins[0])
-    return [Tensor(x.buf, item_shape(eqn.outvars[0]))]
-
-
-def _transpose(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
-    x = lw.tensor(ins[0])
-    perm = [p - 1 for p in eqn.params["permutation"][1:]]
-    moved = [p for p in perm if x.shape[p] != 1]
-    if eqn.params["permutation"][0] != 0 or moved != sorted(moved):
-        raise UnsupportedPrimitiveError(
-            f"unsupported primitive 'transpose'{lw.where()}: permutation {eqn.params['permutation']} "
-            "moves data and the NPU has no transpose op; transpose the weights instead, or keep the "
-            "per-example layout")
+        raise lw.error("reshape with a 'dimensions' permutation: write it as a transpose, then a reshape")
+    v = _as_index(ins[0])
+    if isinstance(v, Index) and not v.negative:
+        return [Index(v.src, item_shape(eqn.outvars[0]), v.add, v.wrap)]
+    if isinstance(v, Scaled):
+        return [Scaled(Tensor(v.src.buf, item_shape(eqn.outvars[0])), v.factor)]
+    x = lw.tensor(v)
     return [Tensor(x.buf, item_shape(eqn.outvars[0]))]
 
 
 def _broadcast_in_dim(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
-    x = lw.tensor(ins[0])
     dims = eqn.params["broadcast_dimensions"]
+    v = _as_index(ins[0])
+    if isinstance(v, Index) and math.prod(item_shape(eqn.outvars[0])) == math.prod(v.shape):
+        return [Index(v.src, item_shape(eqn.outvars[0]), v.add, v.wrap)]   # the gather's trailing 1
+    x = lw.tensor(v)
     if not dims or dims[0] != 0:
         raise lw.error("broadcast_in_dim moves the batch axis away from axis 0")
     shape = item_shape(eqn.outvars[0])
@@ -310,31 +385,7 @@ def _broadcast_in_dim(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> lis
     return [src if tuple(e) == shape else BView(src, shape)]
 
 
-def _dot_general(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
-    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
-    lhs, rhs = ins
-    if isinstance(lhs, Const) or not isinstance(rhs, Const):
-        raise lw.error("MATMUL multiplies a per-item tensor (left) by weights (right); here "
-                       f"{'both operands depend' if not isinstance(rhs, Const) else 'the right operand depends'}"
-                       " on the input (e.g. attention scores), which the NPU cannot run")
-    if lb or rb:
-        raise lw.error("dot_general with batch dimensions over weights is not supported")
-    x = lw.tensor(lhs)
-    rank = len(x.shape) + 1
-    if sorted(lc) != list(lc) or list(lc) != list(range(rank - len(lc), rank)):
-        raise lw.error(f"contracts axes {list(lc)} of a rank-{rank} tensor: MATMUL contracts the trailing "
-                       "axes, in order")
-    w = np.asarray(rhs.value)
-    free = [a for a in range(w.ndim) if a not in rc]
-    w = np.transpose(w, [*rc, *free])
-    k = math.prod(w.shape[: len(rc)])
-    n = math.prod(w.shape[len(rc):])
-    m_shape = x.shape[: len(x.shape) - len(lc)]
-    kernel = lw.weight(w, (k, n), rhs.name)
-    out = lw.new_tensor(item_shape(eqn.outvars[0]))
-    return [lw.emit(OPCODE.MATMUL, [math.prod(m_shape), k, n], [Tensor(x.buf, (math.prod(m_shape), k)), kernel],
-                    out)]
-
+from pyflaxnpu.compiler import lower_nn as nnr  # noqa: E402 -- its rules build on the classes above
 
 REGISTRY: dict[str, Rule | Inline] = {
     # call-like wrappers: their bodies are lowered in place
@@ -342,10 +393,12 @@ REGISTRY: dict[str, Rule | Inline] = {
     "custom_vjp_call": Inline("call_jaxpr"),
     # layout: views of the same bytes
     "reshape": _view, "squeeze": _view, "expand_dims": _view, "broadcast_in_dim": _broadcast_in_dim,
-    "transpose": _transpose,
+    "transpose": nnr.transpose,
     "stop_gradient": _identity, "copy": _identity, "copy_p": _identity, "convert_element_type": _identity,
-    # MATMUL
-    "dot_general": _dot_general,
+    # MATMUL, BMM (both operands from the input), CONV2D, POOL, GATHER (embeddings)
+    "dot_general": nnr.dot_general, "conv_general_dilated": nnr.conv,
+    "reduce_window_max": nnr.pool(POOL_MAX), "reduce_window_sum": nnr.pool(POOL_AVG),
+    "gather": nnr.gather, "lt": nnr.lt, "select_n": nnr.select_n,
     # BINARY
     "add": _binary(BINOP.ADD), "sub": _binary(BINOP.SUB), "mul": _binary(BINOP.MUL),
     "div": _binary(BINOP.DIV), "max": _binary(BINOP.MAX), "min": _binary(BINOP.MIN),
@@ -355,7 +408,8 @@ REGISTRY: dict[str, Rule | Inline] = {
     "rsqrt": _unary(FUNC.RSQRT), "tanh": _unary(FUNC.TANH), "logistic": _unary(FUNC.SIGMOID),
     "erf": _unary(FUNC.ERF), "abs": _unary(FUNC.ABS), "square": _unary(FUNC.SQUARE), "erfc": _erfc,
     # REDUCE
-    "reduce_sum": _reduce(REDUCE.SUM), "reduce_max": _reduce(REDUCE.MAX), "reduce_min": _reduce(REDUCE.MIN),
+    "reduce_sum": nnr.reduce(REDUCE.SUM), "reduce_max": nnr.reduce(REDUCE.MAX),
+    "reduce_min": nnr.reduce(REDUCE.MIN),
 }
 
 
@@ -366,7 +420,8 @@ def lower(traced: Traced, host: Any = None) -> Graph:
     """
     lw = Lowering(traced)
     lw.host = host
-    x = Tensor(Buffer("input", 4 * math.prod(traced.item_shape), "input"), traced.item_shape)
+    x = Tensor(Buffer("input", 4 * math.prod(traced.item_shape), "input", dtype=traced.item_dtype),
+               traced.item_shape)
     jaxpr = traced.jaxpr
     params = [Const(v, name) for name, v in traced.params]
     outs = lw.run(jaxpr.jaxpr, list(jaxpr.consts), [*params, x], source_info_util.new_name_stack(), None)

@@ -18,7 +18,6 @@ from typing import Any
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import linen, nnx
 from jax import export
@@ -42,6 +41,7 @@ class Traced:
     out_tree: Any                       # pytree of output indices (ints), for the manifest
     name: str
     module_path: Callable[[str], str]   # name stack string -> Flax module path
+    item_dtype: str = "float32"         # "int32": token ids, only an embedding lookup may read them
 
 
 def trace(module: Any, variables: Any, example_input: Any) -> Traced:
@@ -49,11 +49,11 @@ def trace(module: Any, variables: Any, example_input: Any) -> Traced:
     if x.ndim < 1:
         raise CompileError(f"example_input has shape {x.shape}: it needs a leading batch axis, e.g. "
                            "x[None] for a single example")
-    if x.dtype != np.float32:
-        raise CompileError(f"example_input is {x.dtype}: the NPU program takes float32 inputs; "
-                           "pass x.astype(np.float32)")
+    if x.dtype not in (np.float32, np.int32):
+        raise CompileError(f"example_input is {x.dtype}: the NPU program takes float32 inputs (or int32 "
+                           "token ids for an embedding); pass x.astype(np.float32)")
     (b,) = export.symbolic_shape("b")
-    spec = jax.ShapeDtypeStruct((b, *x.shape[1:]), jnp.float32)
+    spec = jax.ShapeDtypeStruct((b, *x.shape[1:]), x.dtype)
     if isinstance(module, nnx.Module):
         if variables is not None:
             raise CompileError("an nnx.Module carries its own parameters: pass variables=None")
@@ -85,7 +85,7 @@ def trace(module: Any, variables: Any, example_input: Any) -> Traced:
     out_leaves, treedef = jax.tree_util.tree_flatten(out_shape)
     tree = jax.tree_util.tree_unflatten(treedef, list(range(len(out_leaves))))
     named = [(jax.tree_util.keystr(p, simple=True, separator="/"), v) for p, v in leaves]
-    return Traced(closed, named, b, tuple(x.shape[1:]), tree, type(module).__name__, path_of)
+    return Traced(closed, named, b, tuple(x.shape[1:]), tree, type(module).__name__, path_of, str(x.dtype))
 
 
 def _linen_path(stack: str) -> str:
