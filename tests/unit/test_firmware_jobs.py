@@ -8,7 +8,6 @@ from firmware_bus import (
     ENGINE_CYCLES,
     SEG_FLAGS,
     FirmwareBus,
-    firmware_image,
     job,
     matmul,
     ref,
@@ -19,21 +18,6 @@ from flaxnpu_abi import hw, prog
 from flaxnpu_abi.hw import STATUS
 
 OK = STATUS.OK
-
-
-@pytest.fixture(scope="module")
-def image() -> bytes:
-    try:
-        return firmware_image()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture
-def bus(image) -> FirmwareBus:
-    b = FirmwareBus()
-    assert b.boot(image).reason == "idle"
-    return b
 
 
 def run_one(bus: FirmwareBus, entry: np.void) -> np.void:

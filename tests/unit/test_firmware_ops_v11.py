@@ -10,7 +10,6 @@ from firmware_bus import (
     bmm,
     conv2d,
     f32_bits,
-    firmware_image,
     gather,
     job,
     layernorm,
@@ -35,21 +34,6 @@ def P(i: int) -> int:
 
 def D(i: int) -> int:
     return OFF["dims"] + 4 * i
-
-
-@pytest.fixture(scope="module")
-def image() -> bytes:
-    try:
-        return firmware_image()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture
-def bus(image) -> FirmwareBus:
-    b = FirmwareBus()
-    assert b.boot(image).reason == "idle"
-    return b
 
 
 def run(bus: FirmwareBus, ops: list[np.void], batch: int = 1) -> tuple[int, int, int]:
