@@ -31,7 +31,7 @@ test: firmware lint
 	$(PY) -m pytest -q
 
 bench: firmware
-	$(PY) bench/throughput.py
+	$(PY) bench/throughput.py --all
 
 bench-vm: firmware
 	$(PY) -m pyflaxnpu.cli vm --npus 1 -- $(PY) bench/driver.py

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Throughput and latency of the digits MLP on the simulated NPU against jax.jit on the same CPU.
+"""Throughput and latency on the simulated NPU against jax.jit on the same CPU: the digits MLP, and (with
+--all, as `make bench` does) a CNN, a ResNet and a transformer encoder, with compile times against
+jax.jit(...).lower(x).compile().
 
-    python3 bench/throughput.py [--device sim] [--min-ratio 0.02]
+    python3 bench/throughput.py [--device sim] [--min-ratio 0.02] [--all]
 
 Both sides run single-threaded (OPENBLAS_NUM_THREADS=1, XLA's CPU thread pool off) in one process, one
 after the other for each batch size, so the ratio is measured under the same load. Fails (exit 1) when
@@ -25,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 import digits
+import nets
 
 import pyflaxnpu
 
@@ -43,11 +46,51 @@ def latency(fn: object, x: np.ndarray, min_time: float) -> float:
     return float(np.median(times))
 
 
+def compile_times(module: object, variables: object, x: np.ndarray) -> tuple[float, float]:
+    """Seconds for pyflaxnpu.compile and for XLA's lower + compile of the same model, both cold."""
+    t = time.perf_counter()
+    pyflaxnpu.compile(module, variables, x[:1])
+    ours = time.perf_counter() - t
+    t = time.perf_counter()
+    jax.jit(lambda v: module.apply(variables, v)).lower(x[:1]).compile()
+    return ours, time.perf_counter() - t
+
+
+def table(name: str, device: pyflaxnpu.Device, program: pyflaxnpu.Program, ref_fn: object,
+          sample: object, min_time: float) -> float:
+    """Prints one model's rows; returns NPU/jit throughput at the largest batch."""
+    print(f"\n{name} ({program.op_count} device ops)")
+    print(f"{'batch':>6} | {'npu lat (us)':>12} {'npu samples/s':>14} | {'jit lat (us)':>12} "
+          f"{'jit samples/s':>14} | {'npu/jit':>7}")
+    npu = device.load(program)
+    ratio = 0.0
+    for b in BATCHES:
+        x = sample(b)
+        t_npu = latency(npu, x, min_time)
+        t_jit = latency(lambda v: ref_fn(v).block_until_ready(), x, min_time)
+        ratio = t_jit / t_npu
+        print(f"{b:>6} | {t_npu * 1e6:12.1f} {b / t_npu:14,.0f} | {t_jit * 1e6:12.1f} {b / t_jit:14,.0f} | "
+              f"{ratio:7.3f}")
+    npu.unload()
+    return ratio
+
+
+def zoo() -> list[tuple[str, object, np.ndarray]]:
+    """The conv and transformer models of examples/nets.py with random weights (speed only)."""
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((1024, 8, 8, 1)).astype(np.float32)
+    tokens = rng.integers(0, 17, (1024, 64)).astype(np.int32)
+    return [("CNN 8x8x1: conv-bn-relu, max pool, conv-bn-relu, avg pool, dense", nets.LinenCNN(), img),
+            ("ResNet-tiny 8x8x1: stem + 2 residual blocks, global pool, dense", nets.LinenResNet(), img),
+            ("Transformer encoder: 64 tokens, d=32, 4 heads, 1 block", nets.LinenEncoder(length=64), tokens)]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="sim")
     ap.add_argument("--min-ratio", type=float, default=0.02, help="bound on NPU/jax.jit samples/s at batch 1024")
     ap.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per cell")
+    ap.add_argument("--all", action="store_true", help="also the CNN, ResNet and transformer rows")
     args = ap.parse_args()
 
     x_train, x_test, y_train, _ = digits.load_data()
@@ -57,22 +100,21 @@ def main() -> int:
     ref_fn = jax.jit(lambda x: model.apply(variables, x))
     rng = np.random.default_rng(0)
 
-    print(f"digits MLP 64-128-64-10 ({program.op_count} device ops); device {args.device}; 1 CPU thread each")
-    print(f"{'batch':>6} | {'npu lat (us)':>12} {'npu samples/s':>14} | {'jit lat (us)':>12} "
-          f"{'jit samples/s':>14} | {'npu/jit':>7}")
-    ratio_at_max = 0.0
+    print(f"device {args.device}; 1 CPU thread each; latency = median per call, samples/s = batch / latency")
+    compiles = [("digits MLP", *compile_times(model, variables, x_test))]
     with pyflaxnpu.open(args.device) as device:
-        npu = device.load(program)
-        for b in BATCHES:
-            x = x_test[rng.integers(0, len(x_test), b)]
-            t_npu = latency(npu, x, args.min_time)
-            t_jit = latency(lambda v: ref_fn(v).block_until_ready(), x, args.min_time)
-            ratio = t_jit / t_npu
-            ratio_at_max = ratio
-            print(f"{b:>6} | {t_npu * 1e6:12.1f} {b / t_npu:14,.0f} | {t_jit * 1e6:12.1f} {b / t_jit:14,.0f} | "
-                  f"{ratio:7.3f}")
-    ok = ratio_at_max >= args.min_ratio
-    print(f"\nbatch {BATCHES[-1]}: NPU/jax.jit throughput {ratio_at_max:.3f} (bound >= {args.min_ratio}): "
+        ratio_mlp = table("digits MLP 64-128-64-10", device, program, ref_fn,
+                          lambda b: x_test[rng.integers(0, len(x_test), b)], args.min_time)
+        for name, module, data in zoo() if args.all else []:
+            v = module.init(jax.random.PRNGKey(0), data[:1])
+            compiles.append((name.split(":")[0], *compile_times(module, v, data)))
+            fn = jax.jit(lambda x, m=module, v=v: m.apply(v, x))
+            table(name, device, pyflaxnpu.compile(module, v, data[:1]), fn, lambda b, d=data: d[:b], args.min_time)
+    print(f"\n{'compile time (cold)':24} {'pyflaxnpu.compile':>18} {'jax.jit lower+compile':>22}")
+    for name, ours, xla in compiles:
+        print(f"{name:24} {ours * 1e3:15.0f} ms {xla * 1e3:19.0f} ms")
+    ok = ratio_mlp >= args.min_ratio
+    print(f"\ndigits MLP at batch {BATCHES[-1]}: NPU/jax.jit throughput {ratio_mlp:.3f} (bound >= {args.min_ratio}): "
           f"{'OK' if ok else 'FAIL'}")
     return 0 if ok else 1
 
