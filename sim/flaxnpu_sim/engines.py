@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from flaxnpu_abi import prog
+from flaxnpu_abi.cycles import op_cycles
 from flaxnpu_abi.hw import SEG_FLAG, STATUS
 from flaxnpu_abi.prog import FUNC, OP_FLAG, OPCODE, POOL, REDUCE
 
 from . import kernels, op_rules
-from .cycles import op_cycles
 from .errors import EngineError, SegmentError
 from .funcs import BINOPS, REDUCES, apply_func
 from .mmu import Segments

@@ -139,3 +139,12 @@ def test_transposed_conv_is_refused_with_line_and_fix():
         compile(model, variables, np.ones((1, 4, 4, 2), np.float32), **kwargs)
     msg = str(e.value)
     assert "'conv_general_dilated'" in msg and "test_compiler_cnn.py:" in msg and "use" in msg
+
+
+def test_every_conv_net_op_has_a_cycle_estimate():
+    module = LinenCNN()
+    x = np.ones((1, 8, 8, 1), np.float32)
+    program = compile(module, module.init(jax.random.PRNGKey(0), x), x)
+    for meta in program.manifest["ops"]:
+        one, many = meta["cycles"]
+        assert 0 < one < many, meta

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 from engine_arena import Arena, make_op
+from flaxnpu_abi import cycles
 from flaxnpu_abi.prog import BCAST, BINOP, FUNC, OP_FLAG, OPCODE, REDUCE
-from flaxnpu_sim import cycles
 from flaxnpu_sim.engines import run_op
 
 RNG = np.random.default_rng(0)

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from engine_arena import Arena, make_op
+from flaxnpu_abi import cycles
 from flaxnpu_abi.prog import DTYPE, FUNC, OP_FLAG, OPCODE, POOL, REDUCE
-from flaxnpu_sim import cycles
 from flaxnpu_sim.engines import run_op
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
