@@ -1,50 +1,18 @@
 """Whole Flax models on the simulated NPU match jax.jit on the CPU (fp32, 1e-4)."""
 
-import itertools
+import sys
+from pathlib import Path
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pyflaxnpu
 
-ACTIVATIONS = {
-    "relu": nn.relu,
-    "gelu_tanh": nn.gelu,
-    "gelu_erf": lambda x: nn.gelu(x, approximate=False),
-    "tanh": jnp.tanh,
-    "sigmoid": nn.sigmoid,
-}
-
-
-class LinenMLP(nn.Module):
-    widths: tuple[int, ...]
-    act: str
-    softmax: bool = False
-
-    @nn.compact
-    def __call__(self, x):
-        for w in self.widths[:-1]:
-            x = ACTIVATIONS[self.act](nn.Dense(w)(x))
-        x = nn.Dense(self.widths[-1])(x)
-        return nn.softmax(x) if self.softmax else x
-
-
-class NnxMLP(nnx.Module):
-    def __init__(self, d_in: int, widths: tuple[int, ...], act: str, rngs: nnx.Rngs) -> None:
-        dims = (d_in, *widths)
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(dims)])
-        self.act = act
-
-    def __call__(self, x):
-        for layer in self.layers[:-1]:
-            x = ACTIVATIONS[self.act](layer(x))
-        return self.layers[-1](x)
+sys.path.insert(0, str(Path(__file__).parent.parent / "unit"))
+from compiler_models import ACTIVATIONS, LinenMLP, NnxMLP  # the MLP zoo of the compiler unit tests
 
 
 def check(device, program, fn, d_in, batches=(1, 7, 64)):
@@ -80,7 +48,7 @@ def test_linen_mlp_with_softmax_head(device):
 @pytest.mark.parametrize("act", ["relu", "gelu_tanh", "sigmoid"])
 @pytest.mark.parametrize("widths", [(10,), (64, 32, 10)], ids=lambda w: "x".join(map(str, w)))
 def test_nnx_mlp_matches_jax(device, act, widths):
-    module = NnxMLP(24, widths, act, nnx.Rngs(3))
+    module = NnxMLP(24, widths, act, seed=3)
     x = np.ones((1, 24), np.float32)
     program = pyflaxnpu.compile(module, None, x)
     check(device, program, lambda v: module(v), 24)

@@ -431,3 +431,18 @@ def job(bus: FirmwareBus, ops: list[np.void] | None = None, batch: int = 1, prog
     for k, v in fields.items():
         e[k] = v
     return e[()]
+
+
+def mutate(op: np.void, **changes: int) -> np.void:
+    """A copy of op with fields changed; `src0__offset` reaches a nested field, `dims__2` an array item."""
+    op = op.copy()
+    for path, value in changes.items():
+        *outer, last = path.split("__")
+        target = op
+        for name in outer:
+            target = target[name]
+        if last.isdigit():
+            target[int(last)] = value
+        else:
+            target[last] = value
+    return op

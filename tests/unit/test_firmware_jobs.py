@@ -10,6 +10,7 @@ from firmware_bus import (
     FirmwareBus,
     job,
     matmul,
+    mutate,
     ref,
     seg_table,
     unary,
@@ -153,20 +154,6 @@ def test_program_segment_without_read_fails_the_dma(bus):
 
 
 # -- per-op checks ----------------------------------------------------------------------------------------
-def mutate(op: np.void, **changes) -> np.void:
-    op = op.copy()
-    for path, value in changes.items():
-        *outer, last = path.split("__")
-        target = op
-        for name in outer:
-            target = target[name]
-        if last.isdigit():
-            target[int(last)] = value
-        else:
-            target[last] = value
-    return op
-
-
 OFF = {name: prog.OP.fields[name][1] for name in prog.OP.names}
 OP_CASES = {
     # name: (op, batch, status, info)

@@ -14,6 +14,7 @@ from firmware_bus import (
     job,
     layernorm,
     matmul,
+    mutate,
     pack_perm,
     pair,
     pool,
@@ -41,20 +42,6 @@ def run(bus: FirmwareBus, ops: list[np.void], batch: int = 1) -> tuple[int, int,
     assert bus.doorbell().reason == "idle"
     (cpl,) = bus.take_completions()
     return int(cpl["status"]), int(cpl["op_index"]), int(cpl["info"])
-
-
-def mutate(op: np.void, **changes: int) -> np.void:
-    op = op.copy()
-    for path, value in changes.items():
-        *outer, last = path.split("__")
-        target = op
-        for name in outer:
-            target = target[name]
-        if last.isdigit():
-            target[int(last)] = value
-        else:
-            target[last] = value
-    return op
 
 
 GOOD = {
