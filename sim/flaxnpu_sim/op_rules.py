@@ -1,7 +1,7 @@
 """What each opcode uses, for the engines' re-check: dims, operands and their element shapes, flags, params.
 
 The rules are those of docs/HELPERS-BRIEF.md (per-op checks and "Issue 4"), the same ones the firmware
-applies; only the geometry of CONV2D and POOL (implied bottom/right padding >= 0) is checked here alone.
+applies; only the geometry of CONV2D and POOL (implied bottom/right padding > -stride) is checked here alone.
 Info words follow the engines' convention: the offending value.
 """
 
@@ -103,12 +103,13 @@ def check_params(opcode: OPCODE, params: tuple[int, ...]) -> None:
 
 
 def _implied_pad(size: int, out: int, k: int, stride: int, dil: int, pad: int) -> int:
-    """Bottom/right padding that `out` windows imply: the last window ends at size + pad_end - 1."""
+    """Bottom/right padding that `out` windows imply: the last window ends at size + pad_end - 1.
+    Negative when the windows stop before the end of the input (a strided VALID conv or pool)."""
     return (out - 1) * stride + (k - 1) * dil + 1 - size - pad
 
 
 def check_geometry(opcode: OPCODE, dims: tuple[int, ...], params: tuple[int, ...]) -> None:
-    """CONV2D groups divide C and OC (OP_PARAM); CONV2D/POOL windows imply padding >= 0 (OP_DIMS)."""
+    """CONV2D groups divide C and OC (OP_PARAM); CONV2D/POOL windows imply padding > -stride (OP_DIMS)."""
     if opcode not in (OPCODE.CONV2D, OPCODE.POOL):
         return
     _, h, w, c, oh, ow = dims
@@ -121,9 +122,13 @@ def check_geometry(opcode: OPCODE, dims: tuple[int, ...], params: tuple[int, ...
         (kh, kw), (sh, sw), (pt, pl), (dh, dw) = pair(params[1]), pair(params[2]), pair(params[3]), (1, 1)
     for axis, size, out, k, s, d, p in (("OH", h, oh, kh, sh, dh, pt), ("OW", w, ow, kw, sw, dw, pl)):
         end = _implied_pad(size, out, k, s, d, p)
-        if end < 0:
-            raise EngineError(STATUS.OP_DIMS, out, f"{opcode.name} {axis} = {out} implies padding {end} < 0 at the "
-                              f"end of an axis of {size} (kernel {k}, stride {s}, dilation {d}, padding {p})")
+        # > -stride is jax's output length floor((size + pads - extent) / stride) + 1 for any padding >= 0:
+        # the last stride-1 rows may go unread, but a padding of -stride or less leaves room for one more
+        # whole window inside the input, so OH/OW is not the length of any convolution.
+        if end <= -s:
+            raise EngineError(STATUS.OP_DIMS, out, f"{opcode.name} {axis} = {out} implies padding {end} <= -{s} "
+                              f"at the end of an axis of {size} (kernel {k}, stride {s}, dilation {d}, padding "
+                              f"{p}): one more window would end inside the input")
 
 
 def shapes(opcode: OPCODE, dims: tuple[int, ...], params: tuple[int, ...], flags: int) -> dict[str, tuple]:

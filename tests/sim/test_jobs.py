@@ -103,8 +103,8 @@ def _pair(lo: int, hi: int) -> int:
 
 
 def _out(size: int, k: int, s: int, d: int, pad: int) -> int:
-    """Fewest windows whose implied end padding is >= 0 (the engines refuse less)."""
-    return max(1, -(-(size + pad - (k - 1) * d - 1) // s) + 1)
+    """Fewest windows the engines take: implied end padding > -stride (they refuse less)."""
+    return max(1, (size + pad - (k - 1) * d - 1) // s + 1)
 
 
 def _matmul(draw):

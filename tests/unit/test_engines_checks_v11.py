@@ -1,5 +1,5 @@
 """The engines re-check the format 1.1 ops: each bad field gives its named status (info = the value) and
-nothing is written; the window geometry (implied end padding >= 0) is checked here."""
+nothing is written; the window geometry (implied end padding > -stride) is checked here."""
 
 from __future__ import annotations
 
@@ -78,10 +78,10 @@ CONV_CASES = [
     (dict(params__6=7), STATUS.OP_PARAM, 7),
     (dict(dims__4=6), STATUS.OP_SIZE, 150 * 4),  # OH 6 still implies padding >= 0; dst is then too small
     (dict(dims__4=3), STATUS.OP_DIMS, 3),  # OH 3 with pad_top 1: the bottom padding would be -1
-    (dict(dims__5=2, params__2=pair(1, 2)), STATUS.OP_DIMS, 2),  # stride 2: OW 2 leaves a column unread
+    (dict(dims__5=1, params__2=pair(1, 2)), STATUS.OP_DIMS, 1),  # stride 2: a second window fits in W 5
     (dict(params__3=pair(3, 1)), STATUS.OP_DIMS, 5),  # pad_top 3: OH 5 ends 1 row before the input does
     (dict(flags=OP_FLAG.BIAS | OP_FLAG.RESIDUAL), STATUS.OP_DTYPE, 0),  # src3 all zero is no operand
-    (dict(flags=4), STATUS.OP_FLAGS, 4),
+    (dict(flags=8), STATUS.OP_FLAGS, 8),
     (dict(flags=0), STATUS.OP_RESERVED, 56),
     (dict(src3__offset=64), STATUS.OP_RESERVED, 112),
     (dict(src1__dtype=DTYPE.I32), STATUS.OP_DTYPE, DTYPE.I32),
@@ -107,6 +107,30 @@ def test_conv_checks(change, status, info):
 def test_pool_checks(change, status, info):
     a = Arena()
     assert refused(a, pool(a, **change)) == (status, info)
+
+
+@pytest.mark.parametrize("opcode", [OPCODE.CONV2D, OPCODE.POOL])
+@pytest.mark.parametrize(("k", "s", "d", "pad"), [(2, 2, 1, 0), (3, 2, 1, 1), (2, 3, 1, 0), (3, 3, 2, 1), (1, 1, 1, 0)])
+def test_window_geometry_boundary(opcode, k, s, d, pad):
+    """Implied end padding 1-stride runs (its last stride-1 rows unread); -stride, where one more window
+    would end inside the input, is OP_DIMS with info = the output length."""
+    d = d if opcode == OPCODE.CONV2D else 1   # POOL has no dilation
+    out, c = 3, 2
+    for end, extra in ((1 - s, 0), (-s, 1)):
+        size = out * s + (k - 1) * d - pad + extra
+        a = Arena()
+        x, dst = a.put(np.ones(size * size * c)), a.out(out * out * c)
+        if opcode == OPCODE.CONV2D:
+            op = make_op(opcode, (1, size, size, c, out, out), x, dst, a.put(np.ones(k * k * c * c)),
+                         params=(pair(k, k), c, pair(s, s), pair(pad, pad), pair(d, d), 1))
+        else:
+            op = make_op(opcode, (1, size, size, c, out, out), x, dst,
+                         params=(POOL.AVG, pair(k, k), pair(s, s), pair(pad, pad)))
+        assert (out - 1) * s + (k - 1) * d + 1 - size - pad == end
+        if extra:
+            assert refused(a, op) == (STATUS.OP_DIMS, out)
+        else:
+            assert run_op(op, a.segments) > 0
 
 
 @pytest.mark.parametrize(("name", "change", "status", "info"), [

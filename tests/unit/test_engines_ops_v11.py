@@ -43,9 +43,16 @@ def put_i32(a: Arena, idx: np.ndarray) -> tuple:
 
 
 def implied_out(size: int, k: int, s: int, d: int, pad: int, extra: int) -> int:
-    """Smallest output length whose implied end padding is >= 0, plus `extra` more windows."""
+    """Smallest output length the engines take (implied end padding > -stride: the windows may stop up to
+    stride-1 rows before the end), plus `extra` more windows."""
     eff = (k - 1) * d + 1
-    return max(1, -(-(size + pad - eff) // s) + 1) + extra
+    return max(1, (size + pad - eff) // s + 1) + extra
+
+
+def end_pad(size: int, out: int, k: int, s: int, d: int, pad: int) -> int:
+    """The reference's bottom/right padding: what `out` windows imply, or 0 where they stop short of the
+    end (lax then drops the unread rows itself, as for VALID)."""
+    return max(0, (out - 1) * s + (k - 1) * d + 1 - size - pad)
 
 
 @st.composite
@@ -65,8 +72,8 @@ def conv_cases(draw):
 
 def lax_conv(x, w, case):
     (sh, sw), (pt, pl), (dh, dw) = case["s"], case["pad"], case["dil"]
-    pb = (case["oh"] - 1) * sh + (case["kh"] - 1) * dh + 1 - case["h"] - pt
-    pr = (case["ow"] - 1) * sw + (case["kw"] - 1) * dw + 1 - case["w"] - pl
+    pb = end_pad(case["h"], case["oh"], case["kh"], sh, dh, pt)
+    pr = end_pad(case["w"], case["ow"], case["kw"], sw, dw, pl)
     return np.asarray(jax.lax.conv_general_dilated(
         x, w, window_strides=(sh, sw), padding=((pt, pb), (pl, pr)), rhs_dilation=(dh, dw),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=case["groups"],
@@ -146,7 +153,7 @@ def run_pool(case):
     op = make_op(OPCODE.POOL, (n, h, w, c, oh, ow), a.put(x), dst,
                  params=(case["kind"], pair(kh, kw), pair(sh, sw), pair(pt, pl)))
     cyc = run_op(op, a.segments)
-    pads = ((0, 0), (pt, (oh - 1) * sh + kh - h - pt), (pl, (ow - 1) * sw + kw - w - pl), (0, 0))
+    pads = ((0, 0), (pt, end_pad(h, oh, kh, sh, 1, pt)), (pl, end_pad(w, ow, kw, sw, 1, pl)), (0, 0))
     if case["kind"] == POOL.MAX:
         want = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, kh, kw, 1), (1, sh, sw, 1), pads)
     else:
@@ -176,6 +183,19 @@ def test_pool_like_flax():
     run_op(make_op(OPCODE.POOL, (4, 8, 8, 16, 8, 8), a.put(x), dst,
                    params=(POOL.AVG, pair(3, 3), pair(1, 1), pair(1, 1))), a.segments)
     close(a.get(dst, (4, 8, 8, 16)), nn.avg_pool(x, (3, 3), strides=(1, 1), padding="SAME"))
+
+
+@pytest.mark.parametrize(("k", "s", "d", "pad"), [(2, 2, 1, 0), (3, 2, 1, 1), (2, 3, 1, 0), (3, 3, 2, 1), (1, 4, 1, 0)])
+def test_windows_may_stop_short_of_the_end(k, s, d, pad):
+    """Implied end padding -stride+1, the engines' limit: the last stride-1 rows and columns go unread,
+    like lax's VALID on a size the stride does not divide (max_pool 2x2 stride 2 on 7x7 gives 3x3)."""
+    out = 3
+    size = out * s + (k - 1) * d - pad   # implied end padding (out-1)*s + (k-1)*d + 1 - size - pad = 1 - s
+    base = dict(n=2, h=size, w=size, oh=out, ow=out, s=(s, s), pad=(pad, pad))
+    run_conv(base | dict(c=2, oc=3, kh=k, kw=k, dil=(d, d), groups=1, bias=True, residual=False, act=FUNC.NONE))
+    if d == 1:
+        for kind in POOL:
+            run_pool(base | dict(c=2, k=(k, k), kind=kind))
 
 
 def test_max_pool_window_all_padding_is_minus_inf():
