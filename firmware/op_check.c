@@ -16,7 +16,9 @@ static FW_MUST_CHECK enum fnpu_status check_header(const struct fnpu_op *op, con
 		*info = op->act;
 		return FNPU_STATUS_OP_FUNC;
 	}
-	if (op->flags & ~rule->flags) {
+	/* QUANT's src2 is the requant table, which already holds the bias */
+	if ((op->flags & ~rule->flags) ||
+	    ((op->flags & FNPU_OP_FLAG_QUANT) && (op->flags & FNPU_OP_FLAG_BIAS))) {
 		*info = op->flags;
 		return FNPU_STATUS_OP_FLAGS;
 	}
@@ -86,7 +88,7 @@ static FW_MUST_CHECK enum fnpu_status check_ref(const struct fnpu_tensor_ref *re
 		return FNPU_STATUS_OP_BOUNDS;
 	}
 	/* elems is at most 2^32 - 1 (op_rules.c saturates), so elems * 4 cannot wrap */
-	if (*size != elems * 4) {
+	if (*size != elems * (dtype == FNPU_DTYPE_I8 ? 1 : 4)) {
 		*info = (uint32_t)*size;	/* inside a 32-bit segment, so it fits */
 		return FNPU_STATUS_OP_SIZE;
 	}
@@ -123,12 +125,12 @@ enum fnpu_status op_resolve(struct fnpu_op *op, const struct op_job *job, uint32
 		return st;
 	elems[REF_SRC3] = elems[REF_DST];
 	used = rule->refs;
-	if (op->flags & FNPU_OP_FLAG_BIAS)
+	if (op->flags & (FNPU_OP_FLAG_BIAS | FNPU_OP_FLAG_QUANT))
 		used |= USES(REF_SRC2);
 	if (op->flags & FNPU_OP_FLAG_RESIDUAL)
 		used |= USES(REF_SRC3);
 	for (uint32_t r = 0; r < REF_COUNT; r++) {
-		uint32_t dtype = (rule->i32 & USES(r)) ? FNPU_DTYPE_I32 : FNPU_DTYPE_F32;
+		uint32_t dtype = op_ref_dtype(op, rule, r);
 
 		if (!(used & USES(r)))
 			continue;

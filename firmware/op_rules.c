@@ -51,6 +51,12 @@ static uint64_t bcast_elems(uint32_t bcast, const uint64_t *d)
 	}
 }
 
+/* src2 of MATMUL/CONV2D: the bias (n), or under QUANT the requant table (scale row, bias row). */
+static uint64_t quant_table(const struct fnpu_op *op, uint64_t n)
+{
+	return (op->flags & FNPU_OP_FLAG_QUANT) ? 2 * n : n;
+}
+
 static enum fnpu_status matmul_elems(const struct fnpu_op *op, const uint64_t *d, uint32_t nd,
 				     uint64_t *e, uint32_t *info)
 {
@@ -59,7 +65,7 @@ static enum fnpu_status matmul_elems(const struct fnpu_op *op, const uint64_t *d
 	(void)info;
 	e[REF_SRC0] = d[0] * d[1];
 	e[REF_SRC1] = d[1] * d[2];
-	e[REF_SRC2] = d[2];
+	e[REF_SRC2] = quant_table(op, d[2]);
 	e[REF_DST] = d[0] * d[2];
 	return FNPU_STATUS_OK;
 }
@@ -110,7 +116,7 @@ static enum fnpu_status conv2d_elems(const struct fnpu_op *op, const uint64_t *d
 	}
 	e[REF_SRC0] = prod(d, 4);
 	e[REF_SRC1] = mul(mul(mul(lo16(op->params[0]), hi16(op->params[0])), c / groups), oc);
-	e[REF_SRC2] = oc;
+	e[REF_SRC2] = quant_table(op, oc);
 	e[REF_DST] = mul(mul(mul(d[0], d[4]), d[5]), oc);
 	return FNPU_STATUS_OK;
 }
@@ -165,22 +171,23 @@ static enum fnpu_status gather_elems(const struct fnpu_op *op, const uint64_t *d
 
 #define SRC_DST (USES(REF_SRC0) | USES(REF_DST))
 #define SRC2_DST (USES(REF_SRC0) | USES(REF_SRC1) | USES(REF_DST))
-#define FUSED (FNPU_OP_FLAG_BIAS | FNPU_OP_FLAG_RESIDUAL)
+#define FUSED (FNPU_OP_FLAG_BIAS | FNPU_OP_FLAG_RESIDUAL | FNPU_OP_FLAG_QUANT)
 
 static const struct op_rule rules[] = {
-	[FNPU_OPCODE_MATMUL] = { 3, SRC2_DST, FUSED, 0, { 0 }, matmul_elems },
+	[FNPU_OPCODE_MATMUL] = { 3, SRC2_DST, FUSED, 0, { 0, 0, 0, 0, 0, 0, 0, P_QSCALE }, matmul_elems },
 	[FNPU_OPCODE_BINARY] = { 2, SRC2_DST, 0, 0, { FNPU_BINOP_POW, FNPU_BCAST_SCALAR, FNPU_BCAST_SCALAR },
 				 binary_elems },
 	[FNPU_OPCODE_UNARY] = { 1, SRC_DST, 0, 0, { FNPU_FUNC_ERF }, same_elems },
 	[FNPU_OPCODE_SOFTMAX] = { 2, SRC_DST, 0, 0, { 0 }, same_elems },
 	[FNPU_OPCODE_REDUCE] = { 2, SRC_DST, 0, 0, { FNPU_REDUCE_MEAN }, reduce_elems },
-	[FNPU_OPCODE_CONV2D] = { 6, SRC2_DST, FUSED, 0, { P_PAIR, P_DIM, P_PAIR, P_ANY, P_PAIR, P_NONZERO },
-				 conv2d_elems },
+	[FNPU_OPCODE_CONV2D] = { 6, SRC2_DST, FUSED, 0,
+				 { P_PAIR, P_DIM, P_PAIR, P_ANY, P_PAIR, P_NONZERO, 0, P_QSCALE }, conv2d_elems },
 	[FNPU_OPCODE_POOL] = { 6, SRC_DST, 0, 0, { FNPU_POOL_AVG, P_PAIR, P_PAIR, P_ANY }, pool_elems },
 	[FNPU_OPCODE_LAYERNORM] = { 2, SRC2_DST | USES(REF_SRC2), 0, 0, { P_EPS }, layernorm_elems },
 	[FNPU_OPCODE_BMM] = { 4, SRC2_DST, 0, 0, { 3, P_ALPHA }, bmm_elems },
 	[FNPU_OPCODE_GATHER] = { 3, SRC2_DST, 0, USES(REF_SRC0), { 0 }, gather_elems },
 	[FNPU_OPCODE_TRANSPOSE] = { 0, SRC_DST, 0, 0, { P_PERM, P_RANK }, same_elems },
+	[FNPU_OPCODE_CONVERT] = { 1, SRC_DST, 0, 0, { P_SCALE, FNPU_CONVERT_DEQUANTIZE }, same_elems },
 };
 
 const struct op_rule *op_rule_of(uint32_t opcode)
@@ -195,6 +202,22 @@ uint32_t op_ndims(const struct fnpu_op *op, const struct op_rule *rule)
 	if (rule->ndims)
 		return rule->ndims;
 	return op->params[1] >= 1 && op->params[1] <= MAX_RANK ? op->params[1] : MAX_RANK;
+}
+
+uint32_t op_ref_dtype(const struct fnpu_op *op, const struct op_rule *rule, uint32_t ref)
+{
+	if (rule->i32 & USES(ref))
+		return FNPU_DTYPE_I32;
+	if (op->opcode == FNPU_OPCODE_CONVERT) {
+		uint32_t i8_src = op->params[1] == FNPU_CONVERT_DEQUANTIZE;
+
+		return (ref == REF_SRC0) == i8_src ? FNPU_DTYPE_I8 : FNPU_DTYPE_F32;
+	}
+	if (op->flags & FNPU_OP_FLAG_QUANT) {
+		if (ref == REF_SRC0 || ref == REF_SRC1 || (ref == REF_DST && op->params[7]))
+			return FNPU_DTYPE_I8;
+	}
+	return FNPU_DTYPE_F32;
 }
 
 /* perm (4 bits per axis) is a permutation of 0..rank-1 with nothing above its rank fields. */
@@ -235,6 +258,10 @@ static uint32_t param_ok(uint32_t rule, uint32_t v, const struct fnpu_op *op)
 		return perm_ok(v, op->params[1]);
 	case P_RANK:
 		return v >= 1 && v <= MAX_RANK;
+	case P_SCALE:
+		return v && v < 0x7f800000u;
+	case P_QSCALE:
+		return !v || ((op->flags & FNPU_OP_FLAG_QUANT) && v < 0x7f800000u);
 	default:
 		return v <= rule;
 	}

@@ -24,6 +24,8 @@ enum param_rule {
 	P_ALPHA,		/* float32 bits, finite and not zero */
 	P_PERM,			/* TRANSPOSE: a permutation of 0..rank-1, 4 bits per axis, higher bits 0 */
 	P_RANK,			/* TRANSPOSE: 1..6 */
+	P_SCALE,		/* float32 bits, positive and finite: CONVERT's scale */
+	P_QSCALE,		/* 0 (F32 dst), or with OP_FLAG_QUANT a positive finite float32: the I8 dst's scale */
 };
 
 /*
@@ -37,7 +39,7 @@ struct op_rule {
 	uint8_t ndims;		/* dims used; 0: params[1] says (TRANSPOSE's rank) */
 	uint8_t refs;		/* USES() of the operands every such op uses */
 	uint8_t flags;		/* OP_FLAG_* allowed: BIAS adds src2, RESIDUAL adds src3 */
-	uint8_t i32;		/* USES() of the operands of dtype I32; every other one is F32 */
+	uint8_t i32;		/* USES() of the operands of dtype I32; op_ref_dtype() says the others' */
 	uint8_t param[8];	/* enum param_rule per params word */
 	op_elems_fn elems;
 };
@@ -47,6 +49,9 @@ const struct op_rule *op_rule_of(uint32_t opcode);
 
 /* Dims the op uses (TRANSPOSE: its rank, or 6 while params[1] is no rank; the params check refuses it). */
 uint32_t op_ndims(const struct fnpu_op *op, const struct op_rule *rule);
+
+/* DTYPE_* operand ref must have: I32 per the rule, I8 per CONVERT's direction or QUANT, else F32 (params checked). */
+uint32_t op_ref_dtype(const struct fnpu_op *op, const struct op_rule *rule, uint32_t ref);
 
 /* Every params word against its rule, in index order; *info = the byte offset of the first bad word. */
 FW_MUST_CHECK enum fnpu_status op_check_params(const struct fnpu_op *op, const struct op_rule *rule,

@@ -17,6 +17,9 @@ time, good for comparing programs and for the CYCLES counters, not a prediction 
     BMM       B * ceil(M/16) * ceil(N/16) * K + ceil(B*M*N/16) * (alpha != 1 + act)
     GATHER    R + ceil(R*D/16) * (1 + act)          one row fetch per index, then the copy
     TRANSPOSE ceil(n/16) * (2 + act)                through the transpose buffer: a read pass and a write pass
+    CONVERT   ceil(n/16) * (1 + act)
+    QUANT     MATMUL and CONV2D on int8: each cell does 4 int8 MACs a cycle (array term / 4, rounded up);
+              the requant table costs one epilogue pass (as a bias would), an I8 dst one more
     every op + OP_SETUP cycles (descriptor decode, operand address generation)
 """
 
@@ -42,13 +45,17 @@ def _tiles(m: int, n: int) -> int:
 
 
 def op_cycles(opcode: int, dims: tuple[int, ...], act: int, bias: bool = False, params: tuple[int, ...] = (),
-              residual: bool = False) -> int:
+              residual: bool = False, quant: bool = False) -> int:
     """Cycles of one validated op; dims are the op's used dimensions (batch applied), params its params."""
-    act_pass = 0 if act == FUNC.NONE else 1
     p = tuple(params) + (0,) * (8 - len(params))
+    act_pass = 0 if act == FUNC.NONE else 1
+    macs_per_cell = 4 if quant else 1
+    if quant:  # the requant table is the bias pass; an I8 dst (scale in params[7]) adds the quantize pass
+        bias, act_pass = True, act_pass + int(p[7] != 0)
     if opcode == OPCODE.MATMUL:
         m, k, n = dims[:3]
-        return OP_SETUP + _tiles(m, n) * k + _vec(m * n) * (int(bias) + int(residual) + act_pass)
+        return (OP_SETUP + -(-_tiles(m, n) * k // macs_per_cell)
+                + _vec(m * n) * (int(bias) + int(residual) + act_pass))
     if opcode == OPCODE.BINARY:
         return OP_SETUP + _vec(dims[0] * dims[1]) * (1 + act_pass)
     if opcode == OPCODE.UNARY:
@@ -62,7 +69,7 @@ def op_cycles(opcode: int, dims: tuple[int, ...], act: int, bias: bool = False, 
         n, _, _, c, oh, ow = dims
         taps, oc, groups = (p[0] & 0xFFFF) * (p[0] >> 16), p[1], p[5]
         positions = n * oh * ow
-        mac = groups * _tiles(positions, oc // groups) * taps * (c // groups)
+        mac = -(-groups * _tiles(positions, oc // groups) * taps * (c // groups) // macs_per_cell)
         return OP_SETUP + mac + _vec(positions * oc) * (int(bias) + int(residual) + act_pass)
     if opcode == OPCODE.POOL:
         n, _, _, c, oh, ow = dims
@@ -76,6 +83,8 @@ def op_cycles(opcode: int, dims: tuple[int, ...], act: int, bias: bool = False, 
     if opcode == OPCODE.GATHER:
         r, _, d = dims[:3]
         return OP_SETUP + r + _vec(r * d) * (1 + act_pass)
+    if opcode == OPCODE.CONVERT:
+        return OP_SETUP + _vec(dims[0]) * (1 + act_pass)
     if opcode == OPCODE.TRANSPOSE:
         return OP_SETUP + _vec(math.prod(dims)) * (2 + act_pass)
     raise ValueError(f"no cycle model for opcode {opcode}")

@@ -5,7 +5,7 @@ from enum import IntEnum, IntFlag
 import numpy as np
 
 ABI_MAJOR = 1
-ABI_MINOR = 1
+ABI_MINOR = 2
 
 FILE_MAGIC = 0x47504e46  # 'FNPG' at offset 0 of a .fnpu file
 OP_SIZE = 0x80  # bytes of one op descriptor
@@ -30,6 +30,7 @@ class OPCODE(IntEnum):
     BMM = 0x9  # dst[B,M,N] = act(alpha * src0[B,M,K] @ src1[B,K,N]); dims B,M,K,N; params[0] bit 0: src0 stored [B,K,M], bit 1: src1 stored [B,N,K]; params[1] alpha (f32 bits, not 0) (1.1)
     GATHER = 0xa  # dst[R,D] = act(src1[V,D] row src0[r] (I32; [-V,V) wraps, else NaN)); dims R,V,D (1.1)
     TRANSPOSE = 0xb  # dst = act(src0 of shape dims[0..rank-1], axes permuted); params[0] perm (4 bits per axis), params[1] rank 1..6 (1.1)
+    CONVERT = 0xc  # dst[n] = quantize or dequantize src0[n]; dims n; params[0] scale (f32 bits, positive finite), params[1] CONVERT_* (1.2)
 
 OPCODE_DOC = {
     OPCODE.MATMUL: 'dst[M,N] = act(src0[M,K] @ src1[K,N] (+ src2[N])); dims M,K,N',
@@ -43,6 +44,7 @@ OPCODE_DOC = {
     OPCODE.BMM: 'dst[B,M,N] = act(alpha * src0[B,M,K] @ src1[B,K,N]); dims B,M,K,N; params[0] bit 0: src0 stored [B,K,M], bit 1: src1 stored [B,N,K]; params[1] alpha (f32 bits, not 0) (1.1)',
     OPCODE.GATHER: 'dst[R,D] = act(src1[V,D] row src0[r] (I32; [-V,V) wraps, else NaN)); dims R,V,D (1.1)',
     OPCODE.TRANSPOSE: 'dst = act(src0 of shape dims[0..rank-1], axes permuted); params[0] perm (4 bits per axis), params[1] rank 1..6 (1.1)',
+    OPCODE.CONVERT: 'dst[n] = quantize or dequantize src0[n]; dims n; params[0] scale (f32 bits, positive finite), params[1] CONVERT_* (1.2)',
 }
 
 class FUNC(IntEnum):
@@ -132,6 +134,15 @@ POOL_DOC = {
     POOL.AVG: 'sum with zero padding / (KH*KW), padding counted (1.1)',
 }
 
+class CONVERT(IntEnum):
+    QUANTIZE = 0x0  # src0 F32, dst I8: sat8(rint(act(x) / scale)), NaN to 0 (1.2)
+    DEQUANTIZE = 0x1  # src0 I8, dst F32: act(q * scale) (1.2)
+
+CONVERT_DOC = {
+    CONVERT.QUANTIZE: 'src0 F32, dst I8: sat8(rint(act(x) / scale)), NaN to 0 (1.2)',
+    CONVERT.DEQUANTIZE: 'src0 I8, dst F32: act(q * scale) (1.2)',
+}
+
 class DTYPE(IntEnum):
     F32 = 0x1  # IEEE 754 binary32
     I8 = 0x2  # signed 8-bit integer
@@ -146,10 +157,12 @@ DTYPE_DOC = {
 class OP_FLAG(IntFlag):
     BIAS = 0x1  # MATMUL, CONV2D: src2 holds a bias of N (OC) elements
     RESIDUAL = 0x2  # MATMUL, CONV2D: src3 (dst's shape) is added before act (1.1)
+    QUANT = 0x4  # MATMUL, CONV2D: src0 and src1 are I8 with int32 accumulation; src2 (BIAS must be clear) is the F32 requant table [2, N]: acc * row 0 + row 1; dst is I8 at scale params[7] when params[7] != 0, else F32 (1.2)
 
 OP_FLAG_DOC = {
     OP_FLAG.BIAS: 'MATMUL, CONV2D: src2 holds a bias of N (OC) elements',
     OP_FLAG.RESIDUAL: "MATMUL, CONV2D: src3 (dst's shape) is added before act (1.1)",
+    OP_FLAG.QUANT: 'MATMUL, CONV2D: src0 and src1 are I8 with int32 accumulation; src2 (BIAS must be clear) is the F32 requant table [2, N]: acc * row 0 + row 1; dst is I8 at scale params[7] when params[7] != 0, else F32 (1.2)',
 }
 
 class FILE_FLAG(IntFlag):

@@ -15,7 +15,7 @@
 #endif
 
 #define FNPU_PROG_ABI_MAJOR 1u
-#define FNPU_PROG_ABI_MINOR 1u
+#define FNPU_PROG_ABI_MINOR 2u
 
 #define FNPU_FILE_MAGIC 0x47504e46u /* 'FNPG' at offset 0 of a .fnpu file */
 #define FNPU_OP_SIZE 0x80u /* bytes of one op descriptor */
@@ -39,6 +39,7 @@ enum fnpu_opcode {
 	FNPU_OPCODE_BMM = 0x9, /* dst[B,M,N] = act(alpha * src0[B,M,K] @ src1[B,K,N]); dims B,M,K,N; params[0] bit 0: src0 stored [B,K,M], bit 1: src1 stored [B,N,K]; params[1] alpha (f32 bits, not 0) (1.1) */
 	FNPU_OPCODE_GATHER = 0xa, /* dst[R,D] = act(src1[V,D] row src0[r] (I32; [-V,V) wraps, else NaN)); dims R,V,D (1.1) */
 	FNPU_OPCODE_TRANSPOSE = 0xb, /* dst = act(src0 of shape dims[0..rank-1], axes permuted); params[0] perm (4 bits per axis), params[1] rank 1..6 (1.1) */
+	FNPU_OPCODE_CONVERT = 0xc, /* dst[n] = quantize or dequantize src0[n]; dims n; params[0] scale (f32 bits, positive finite), params[1] CONVERT_* (1.2) */
 };
 
 enum fnpu_func {
@@ -87,6 +88,11 @@ enum fnpu_pool {
 	FNPU_POOL_AVG = 0x1, /* sum with zero padding / (KH*KW), padding counted (1.1) */
 };
 
+enum fnpu_convert {
+	FNPU_CONVERT_QUANTIZE = 0x0, /* src0 F32, dst I8: sat8(rint(act(x) / scale)), NaN to 0 (1.2) */
+	FNPU_CONVERT_DEQUANTIZE = 0x1, /* src0 I8, dst F32: act(q * scale) (1.2) */
+};
+
 enum fnpu_dtype {
 	FNPU_DTYPE_F32 = 0x1, /* IEEE 754 binary32 */
 	FNPU_DTYPE_I8 = 0x2, /* signed 8-bit integer */
@@ -96,6 +102,7 @@ enum fnpu_dtype {
 enum fnpu_op_flag {
 	FNPU_OP_FLAG_BIAS = 0x1, /* MATMUL, CONV2D: src2 holds a bias of N (OC) elements */
 	FNPU_OP_FLAG_RESIDUAL = 0x2, /* MATMUL, CONV2D: src3 (dst's shape) is added before act (1.1) */
+	FNPU_OP_FLAG_QUANT = 0x4, /* MATMUL, CONV2D: src0 and src1 are I8 with int32 accumulation; src2 (BIAS must be clear) is the F32 requant table [2, N]: acc * row 0 + row 1; dst is I8 at scale params[7] when params[7] != 0, else F32 (1.2) */
 };
 
 enum fnpu_file_flag {

@@ -17,7 +17,7 @@ import numpy as np
 from flaxnpu_abi import prog
 from flaxnpu_abi.cycles import op_cycles
 from flaxnpu_abi.hw import SEG_FLAG, STATUS
-from flaxnpu_abi.prog import FUNC, OP_FLAG, OPCODE, POOL, REDUCE
+from flaxnpu_abi.prog import CONVERT, FUNC, OP_FLAG, OPCODE, POOL, REDUCE
 
 from . import kernels, op_rules
 from .errors import EngineError, SegmentError
@@ -26,6 +26,8 @@ from .mmu import Segments
 
 F32 = np.dtype("<f4")
 I32 = np.dtype("<i4")
+I8 = np.dtype("i1")
+_NP = {prog.DTYPE.F32: F32, prog.DTYPE.I32: I32, prog.DTYPE.I8: I8}
 SLOTS = ("src0", "src1", "src2", "dst", "src3")  # checked in this order (src3 sits after params)
 _SLOT_OFFSET = {name: prog.OP.fields[name][1] for name in SLOTS}
 
@@ -46,6 +48,13 @@ class Plan:
     def bias(self) -> bool:
         return bool(self.flags & OP_FLAG.BIAS)
 
+    @property
+    def quant(self) -> bool:
+        return bool(self.flags & OP_FLAG.QUANT)
+
+    def dtype(self, slot: str) -> np.dtype:
+        return _NP[op_rules.dtype_of(self.opcode, slot, self.flags, self.params)]
+
 
 def _check_header(op: np.void) -> tuple[OPCODE, int, int]:
     opcode = int(op["opcode"])
@@ -57,6 +66,8 @@ def _check_header(op: np.void) -> tuple[OPCODE, int, int]:
         raise EngineError(STATUS.OP_FUNC, act, f"unknown act {act}")
     if flags & ~op_rules.RULES[opcode].flags:
         raise EngineError(STATUS.OP_FLAGS, flags, f"op flags 0x{flags:x} not allowed on {opcode.name}")
+    if flags & OP_FLAG.QUANT and flags & OP_FLAG.BIAS:
+        raise EngineError(STATUS.OP_FLAGS, flags, "QUANT's requant table holds the bias: BIAS must be clear")
     if scale_mask:  # the firmware applies the batch before the kick
         raise EngineError(STATUS.OP_FLAGS, scale_mask, "scale_mask must be 0 at the engines")
     for name in ("reserved0", "reserved1"):
@@ -69,7 +80,7 @@ def check_op(op: np.void, segments: Segments) -> Plan:
     """All per-op checks, in the documented order; raises EngineError with the first failure."""
     opcode, act, flags = _check_header(op)
     params = tuple(int(p) for p in op["params"])
-    op_rules.check_params(opcode, params)
+    op_rules.check_params(opcode, params, flags)
     raw_dims = [int(d) for d in op["dims"]]
     ndims = op_rules.ndims(opcode, params)
     for i, d in enumerate(raw_dims):
@@ -87,7 +98,7 @@ def check_op(op: np.void, segments: Segments) -> Plan:
             continue
         if seg >= len(segments):
             raise EngineError(STATUS.OP_SEGMENT, seg, f"{slot} names segment {seg} of {len(segments)}")
-        want_dtype = op_rules.dtype_of(opcode, slot)
+        want_dtype = op_rules.dtype_of(opcode, slot, flags, params)
         if dtype != want_dtype:
             raise EngineError(STATUS.OP_DTYPE, dtype, f"{slot} dtype {dtype} is not {prog.DTYPE(want_dtype).name}")
         if rflags:
@@ -96,7 +107,7 @@ def check_op(op: np.void, segments: Segments) -> Plan:
             segments.check(seg, off, size, SEG_FLAG.WRITE if slot == "dst" else SEG_FLAG.READ)
         except SegmentError as e:
             raise EngineError(e.status, e.info, f"{slot}: {e}") from None
-        want = math.prod(shapes[slot]) * 4
+        want = math.prod(shapes[slot]) * op_rules.ITEMSIZE[want_dtype]
         if size != want:
             raise EngineError(STATUS.OP_SIZE, size, f"{slot} has {size} bytes, {opcode.name} needs {want}")
         refs[slot] = (seg, off)
@@ -109,8 +120,7 @@ def check_op(op: np.void, segments: Segments) -> Plan:
 def _load(plan: Plan, segments: Segments, slot: str) -> np.ndarray:
     seg, off = plan.refs[slot]
     shape = plan.shapes[slot]
-    dtype = I32 if op_rules.dtype_of(plan.opcode, slot) == prog.DTYPE.I32 else F32
-    return segments.ndarray(seg, off, math.prod(shape), dtype).reshape(shape)
+    return segments.ndarray(seg, off, math.prod(shape), plan.dtype(slot)).reshape(shape)
 
 
 def _compute_new(plan: Plan, s: dict[str, np.ndarray]) -> np.ndarray:
@@ -118,6 +128,9 @@ def _compute_new(plan: Plan, s: dict[str, np.ndarray]) -> np.ndarray:
     p, d = plan.params, plan.dims
     pair = op_rules.pair
     if plan.opcode == OPCODE.CONV2D:
+        if plan.quant:
+            acc = kernels.qconv2d(s["src0"], s["src1"], d[4], d[5], pair(p[2]), pair(p[3]), pair(p[4]), p[5])
+            return kernels.requant(acc, s["src2"])
         out = kernels.conv2d(s["src0"], s["src1"], d[4], d[5], pair(p[2]), pair(p[3]), pair(p[4]), p[5])
         return out + s["src2"] if plan.bias else out
     if plan.opcode == OPCODE.POOL:
@@ -128,6 +141,9 @@ def _compute_new(plan: Plan, s: dict[str, np.ndarray]) -> np.ndarray:
         return kernels.bmm(s["src0"], s["src1"], bool(p[0] & 1), bool(p[0] & 2), op_rules.f32(p[1]))
     if plan.opcode == OPCODE.GATHER:
         return kernels.gather(s["src0"], s["src1"])
+    if plan.opcode == OPCODE.CONVERT:  # only dequantizing here: quantizing happens after the act
+        x = s["src0"]
+        return x * np.float32(op_rules.f32(p[0])) if p[1] == CONVERT.DEQUANTIZE else x
     return kernels.transpose(s["src0"], op_rules.perm(p[0], len(d)))
 
 
@@ -135,7 +151,9 @@ def _compute(plan: Plan, segments: Segments) -> tuple[np.ndarray, list[np.ndarra
     s = {slot: _load(plan, segments, slot) for slot in plan.refs if slot != "dst"}
     x = s["src0"]
     with np.errstate(all="ignore"):
-        if plan.opcode == OPCODE.MATMUL:
+        if plan.opcode == OPCODE.MATMUL and plan.quant:
+            out = kernels.requant(kernels.qmatmul(x, s["src1"]), s["src2"])
+        elif plan.opcode == OPCODE.MATMUL:
             out = np.matmul(x, s["src1"])
             if plan.bias:
                 out = out + s["src2"]
@@ -156,7 +174,18 @@ def _compute(plan: Plan, segments: Segments) -> tuple[np.ndarray, list[np.ndarra
             out = _compute_new(plan, s)
         if plan.flags & OP_FLAG.RESIDUAL:
             out = out + s["src3"]
-    return apply_func(plan.act, np.asarray(out, F32)), list(s.values())
+    out = apply_func(plan.act, np.asarray(out, F32))
+    scale = _dst_scale(plan)
+    return (out if scale is None else kernels.quantize(out, scale)), list(s.values())
+
+
+def _dst_scale(plan: Plan) -> float | None:
+    """The scale an I8 dst is quantized at, None for a F32 dst."""
+    if plan.opcode == OPCODE.CONVERT:
+        return op_rules.f32(plan.params[0]) if plan.params[1] == CONVERT.QUANTIZE else None
+    if plan.quant and plan.params[op_rules.QSCALE_WORD]:
+        return op_rules.f32(plan.params[op_rules.QSCALE_WORD])
+    return None
 
 
 def run_op(op: np.void | bytes, segments: Segments) -> int:
@@ -166,9 +195,10 @@ def run_op(op: np.void | bytes, segments: Segments) -> int:
         op = np.frombuffer(bytes(op), prog.OP, 1)[0]
     plan = check_op(op, segments)
     out, srcs = _compute(plan, segments)
-    out = np.ascontiguousarray(out, F32)
+    out = np.ascontiguousarray(out, plan.dtype("dst"))
     if any(np.may_share_memory(out, s) for s in srcs):  # identity ops: never copy a buffer onto itself
         out = out.copy()
     seg, off = plan.refs["dst"]
     segments.write_array(seg, off, out)
-    return op_cycles(plan.opcode, plan.dims, plan.act, plan.bias, plan.params, bool(plan.flags & OP_FLAG.RESIDUAL))
+    return op_cycles(plan.opcode, plan.dims, plan.act, plan.bias, plan.params, bool(plan.flags & OP_FLAG.RESIDUAL),
+                     plan.quant)

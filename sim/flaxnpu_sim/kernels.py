@@ -22,20 +22,21 @@ def _taps(out: int, k: int, stride: int, dil: int, pad: int, size: int) -> np.nd
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, oh: int, ow: int, stride: tuple[int, int], pad: tuple[int, int],
-           dil: tuple[int, int], groups: int) -> np.ndarray:
+           dil: tuple[int, int], groups: int, dtype: type = F32) -> np.ndarray:
     """NHWC x [N,H,W,C] conv HWIO w [KH,KW,C/groups,OC] -> [N,OH,OW,OC]; zero padding pad = (top, left),
     the bottom/right padding being what OH/OW imply. Output channels are grouped like lax's
     feature_group_count: channel o belongs to group o // (OC/groups)."""
     n, h, wd, c = x.shape
     kh, kw, cg, oc = w.shape
     ocg = oc // groups
-    xz = np.zeros((n, h + 1, wd + 1, c), F32)  # row h and column wd are the zero padding
+    w = w.astype(dtype, copy=False)
+    xz = np.zeros((n, h + 1, wd + 1, c), dtype)  # row h and column wd are the zero padding
     xz[:, :h, :wd] = x
     rows = _taps(oh, kh, stride[0], dil[0], pad[0], h)
     cols = _taps(ow, kw, stride[1], dil[1], pad[1], wd)
     # weights as [groups, KH*KW*Cg, OCg], matching patches laid out [.., KH, KW, group, Cg]
     wm = w.reshape(kh, kw, cg, groups, ocg).transpose(3, 0, 1, 2, 4).reshape(groups, kh * kw * cg, ocg)
-    out = np.empty((n * oh, ow, oc), F32)
+    out = np.empty((n * oh, ow, oc), dtype)
     per_row = ow * kh * kw * c
     step = max(1, PATCH_ELEMS // max(per_row, 1))
     for r0 in range(0, n * oh, step):
@@ -50,6 +51,42 @@ def conv2d(x: np.ndarray, w: np.ndarray, oh: int, ow: int, stride: tuple[int, in
             res = res.transpose(1, 0, 2).reshape(len(r) * ow, oc)
         out[r0:r0 + len(r)] = res.reshape(len(r), ow, oc)
     return out.reshape(n, oh, ow, oc)
+
+
+# int8 x int8 products summed in float32 are exact while every partial sum stays below 2^24: 1024 terms
+# of at most 128 * 128 (2^14). Longer sums use float64 (exact to 2^53), still through BLAS.
+EXACT_F32_TERMS = 1024
+
+
+def _wrap_i32(acc: np.ndarray) -> np.ndarray:
+    """The int32 accumulator's two's-complement wraparound, from the exact sum."""
+    a = np.rint(acc).astype(np.int64)
+    return ((a + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int32)
+
+
+def qmatmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """int8 [M,K] @ int8 [K,N] with int32 accumulation -> int32 [M,N]."""
+    dtype = F32 if x.shape[1] <= EXACT_F32_TERMS else np.float64
+    return _wrap_i32(np.matmul(x.astype(dtype), w.astype(dtype)))
+
+
+def qconv2d(x: np.ndarray, w: np.ndarray, oh: int, ow: int, stride: tuple[int, int], pad: tuple[int, int],
+            dil: tuple[int, int], groups: int) -> np.ndarray:
+    """conv2d of int8 x and w with int32 accumulation -> int32 [N,OH,OW,OC]."""
+    kh, kw, cg, _ = w.shape
+    dtype = F32 if kh * kw * cg <= EXACT_F32_TERMS else np.float64
+    return _wrap_i32(conv2d(x, w, oh, ow, stride, pad, dil, groups, dtype))
+
+
+def requant(acc: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """int32 accumulators -> float32: acc * scale + bias per output channel (the table's two rows)."""
+    return acc.astype(F32) * table[0] + table[1]
+
+
+def quantize(x: np.ndarray, scale: float) -> np.ndarray:
+    """float32 -> int8: round half to even of x / scale, saturated; NaN becomes 0."""
+    q = np.rint(x / F32(scale))
+    return np.clip(np.nan_to_num(q, nan=0.0), -128, 127).astype(np.int8)
 
 
 def _window_reduce(x: np.ndarray, axis: int, out: int, k: int, stride: int, pad: int, ufunc: np.ufunc,

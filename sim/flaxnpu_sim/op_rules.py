@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 from flaxnpu_abi import prog
 from flaxnpu_abi.hw import STATUS
-from flaxnpu_abi.prog import BCAST, BINOP, FUNC, OP_FLAG, OPCODE, POOL, REDUCE
+from flaxnpu_abi.prog import BCAST, BINOP, CONVERT, FUNC, OP_FLAG, OPCODE, POOL, REDUCE
 
 from .errors import EngineError
 
 MAX_RANK = 6
-FUSED = int(OP_FLAG.BIAS | OP_FLAG.RESIDUAL)  # int(): ~IntFlag keeps only the named bits
+FUSED = int(OP_FLAG.BIAS | OP_FLAG.RESIDUAL | OP_FLAG.QUANT)  # int(): ~IntFlag keeps only the named bits
 
 
 def f32(bits: int) -> float:
@@ -62,6 +62,14 @@ def _any(v: int, p: tuple[int, ...]) -> bool:
     return True
 
 
+def _scale_ok(v: int, p: tuple[int, ...]) -> bool:
+    return 0 < v < 0x7F80_0000  # a positive finite float32
+
+
+def _qscale_ok(v: int, p: tuple[int, ...], flags: int) -> bool:
+    return v == 0 or (bool(flags & OP_FLAG.QUANT) and _scale_ok(v, p))
+
+
 ParamRule = Callable[[int, tuple[int, ...]], bool]
 
 
@@ -85,7 +93,9 @@ RULES: dict[int, Rule] = {
     OPCODE.BMM: Rule(4, 0, (_max(3), _alpha_ok)),
     OPCODE.GATHER: Rule(3),
     OPCODE.TRANSPOSE: Rule(0, 0, (_perm_ok, lambda v, p: 1 <= v <= MAX_RANK)),
+    OPCODE.CONVERT: Rule(1, 0, (_scale_ok, _max(max(CONVERT)))),
 }
+QSCALE_WORD = 7  # MATMUL/CONV2D: the I8 dst's scale under QUANT, else 0
 
 
 def ndims(opcode: int, params: tuple[int, ...]) -> int:
@@ -95,10 +105,14 @@ def ndims(opcode: int, params: tuple[int, ...]) -> int:
     return params[1] if 1 <= params[1] <= MAX_RANK else MAX_RANK
 
 
-def check_params(opcode: OPCODE, params: tuple[int, ...]) -> None:
+def check_params(opcode: OPCODE, params: tuple[int, ...], flags: int = 0) -> None:
     rules = RULES[opcode].params
     for i, v in enumerate(params):
-        if not (rules[i](v, params) if i < len(rules) else v == 0):
+        if i == QSCALE_WORD and opcode in (OPCODE.MATMUL, OPCODE.CONV2D):
+            ok = _qscale_ok(v, params, flags)
+        else:
+            ok = rules[i](v, params) if i < len(rules) else v == 0
+        if not ok:
             raise EngineError(STATUS.OP_PARAM, v, f"{opcode.name} params[{i}] = 0x{v:x} is out of range")
 
 
@@ -140,7 +154,7 @@ def shapes(opcode: OPCODE, dims: tuple[int, ...], params: tuple[int, ...], flags
         r, c = dims
         by = {BCAST.FULL: (r, c), BCAST.ROW: (1, c), BCAST.COL: (r, 1), BCAST.SCALAR: (1, 1)}
         out = {"src0": by[params[1]], "src1": by[params[2]], "dst": (r, c)}
-    elif opcode in (OPCODE.UNARY, OPCODE.SOFTMAX):
+    elif opcode in (OPCODE.UNARY, OPCODE.SOFTMAX, OPCODE.CONVERT):
         out = {"src0": dims, "dst": dims}
     elif opcode == OPCODE.REDUCE:
         out = {"src0": dims, "dst": dims[:1]}
@@ -165,12 +179,25 @@ def shapes(opcode: OPCODE, dims: tuple[int, ...], params: tuple[int, ...], flags
         axes = perm(params[0], len(dims))
         out = {"src0": dims, "dst": tuple(dims[a] for a in axes)}
     if opcode in (OPCODE.MATMUL, OPCODE.CONV2D):
-        if not flags & OP_FLAG.BIAS:
+        if flags & OP_FLAG.QUANT:
+            out["src2"] = (2, *out["src2"])  # the requant table: scale row, bias row
+        elif not flags & OP_FLAG.BIAS:
             del out["src2"]
         if flags & OP_FLAG.RESIDUAL:
             out["src3"] = out["dst"]
     return out
 
 
-def dtype_of(opcode: int, slot: str) -> int:
-    return prog.DTYPE.I32 if (opcode, slot) == (OPCODE.GATHER, "src0") else prog.DTYPE.F32
+def dtype_of(opcode: int, slot: str, flags: int = 0, params: tuple[int, ...] = (0,) * 8) -> int:
+    """The dtype an operand must have (params checked already): I32 for GATHER's indices, I8 on the int8
+    side of CONVERT and for QUANT's activations, weights and scaled dst, F32 for everything else."""
+    if (opcode, slot) == (OPCODE.GATHER, "src0"):
+        return prog.DTYPE.I32
+    if opcode == OPCODE.CONVERT:
+        return prog.DTYPE.I8 if (slot == "src0") == (params[1] == CONVERT.DEQUANTIZE) else prog.DTYPE.F32
+    if flags & OP_FLAG.QUANT and (slot in ("src0", "src1") or (slot == "dst" and params[QSCALE_WORD])):
+        return prog.DTYPE.I8
+    return prog.DTYPE.F32
+
+
+ITEMSIZE = {prog.DTYPE.F32: 4, prog.DTYPE.I32: 4, prog.DTYPE.I8: 1}

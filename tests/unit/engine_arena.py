@@ -12,6 +12,8 @@ from segtable import write_table
 BASE = 0x1000_0000
 DATA = BASE + 0x1000
 RW = SEG_FLAG.READ | SEG_FLAG.WRITE
+NUMPY = {prog.DTYPE.F32: np.dtype("<f4"), prog.DTYPE.I32: np.dtype("<i4"), prog.DTYPE.I8: np.dtype("i1")}
+DTYPES = {v: k for k, v in NUMPY.items()}
 
 
 class Arena:
@@ -26,19 +28,21 @@ class Arena:
         self.segments = Segments.load(self.mem, BASE, 3)
         self.cursor = 0
 
-    def put(self, arr: np.ndarray, seg: int = 0) -> tuple:
-        a = np.ascontiguousarray(arr, dtype="<f4")
+    def put(self, arr: np.ndarray, seg: int = 0, dtype: str = "<f4") -> tuple:
+        a = np.ascontiguousarray(arr, dtype=dtype)
         off = self.cursor
         self.mem.write(self.bases[seg] + off, a.tobytes())
         self.cursor += -(-a.nbytes // 64) * 64 or 64
-        return (off, a.nbytes, seg, prog.DTYPE.F32, 0)
+        return (off, a.nbytes, seg, DTYPES[np.dtype(dtype)], 0)
 
-    def out(self, n: int, seg: int = 0) -> tuple:
-        return self.put(np.full(n, np.nan, "<f4"), seg)
+    def out(self, n: int, seg: int = 0, dtype: str = "<f4") -> tuple:
+        fill = np.nan if np.dtype(dtype).kind == "f" else 0x55
+        return self.put(np.full(n, fill, dtype), seg, dtype)
 
     def get(self, ref: tuple, shape: tuple) -> np.ndarray:
-        off, size, seg = ref[:3]
-        return np.frombuffer(self.mem.read(self.bases[seg] + off, size), "<f4").reshape(shape).copy()
+        off, size, seg, dtype = ref[:4]
+        raw = self.mem.read(self.bases[seg] + off, size)
+        return np.frombuffer(raw, NUMPY[dtype]).reshape(shape).copy()
 
 
 def make_op(opcode: int, dims: tuple, src0: tuple, dst: tuple, src1: tuple | None = None,

@@ -408,6 +408,35 @@ def transpose(shape: tuple[int, ...] = (2, 3, 4), perm: tuple[int, ...] = (0, 2,
     return op[()]
 
 
+def quant(op: np.void, dst_scale: float = 0.0) -> np.void:
+    """A MATMUL or CONV2D made int8 (format 1.2): I8 src0/src1, the [2, N] requant table in src2, and an
+    I8 dst at dst_scale (F32 when 0). Sizes follow the element counts."""
+    op = op.copy()
+    n = int(op["dims"][2]) if op["opcode"] == prog.OPCODE.MATMUL else int(op["params"][1])
+    op["flags"] = (int(op["flags"]) & ~prog.OP_FLAG.BIAS) | prog.OP_FLAG.QUANT
+    for slot in ("src0", "src1"):
+        op[slot]["dtype"], op[slot]["size"] = prog.DTYPE.I8, int(op[slot]["size"]) // 4
+    op["src2"] = ref(prog.SEG_PROGRAM, WEIGHTS + 0x1000, 2 * n * 4)
+    if dst_scale:
+        op["params"][7] = f32_bits(dst_scale)
+        op["dst"]["dtype"], op["dst"]["size"] = prog.DTYPE.I8, int(op["dst"]["size"]) // 4
+    return op
+
+
+def convert(n: int = 6, direction: int = prog.CONVERT.QUANTIZE, scale: float = 0.5) -> np.void:
+    """output[n] (scaled) = arena[n] (scaled) quantized to I8, or dequantized to F32."""
+    op = np.zeros((), prog.OP)
+    op["opcode"], op["scale_mask"] = prog.OPCODE.CONVERT, 0b1
+    op["dims"][0] = n
+    op["params"][:2] = (f32_bits(scale), direction)
+    i8_src = direction == prog.CONVERT.DEQUANTIZE
+    op["src0"] = ref(prog.SEG_ARENA, 0x80, n * (1 if i8_src else 4), scaled=True,
+                     dtype=prog.DTYPE.I8 if i8_src else prog.DTYPE.F32)
+    op["dst"] = ref(prog.SEG_OUTPUT, 0, n * (4 if i8_src else 1), scaled=True,
+                    dtype=prog.DTYPE.F32 if i8_src else prog.DTYPE.I8)
+    return op[()]
+
+
 def job(bus: FirmwareBus, ops: list[np.void] | None = None, batch: int = 1, prog_offset: int = 0,
         table: np.ndarray | None = None, **fields: int) -> np.void:
     """A RUN job (NOP when ops is None) for the next ring slot; writes its ops and segment table.

@@ -36,9 +36,11 @@ def set_(field, value):
 
 MUTATIONS = [
     (set_("opcode", 0), STATUS.OP_OPCODE, 0),
-    (set_("opcode", 12), STATUS.OP_OPCODE, 12),
+    (set_("opcode", max(OPCODE) + 1), STATUS.OP_OPCODE, max(OPCODE) + 1),
     (set_("act", 14), STATUS.OP_FUNC, 14),
-    (set_("flags", 4), STATUS.OP_FLAGS, 4),
+    (set_("flags", 8), STATUS.OP_FLAGS, 8),
+    (set_("flags", 5), STATUS.OP_FLAGS, 5),  # QUANT's table holds the bias: BIAS must be clear
+    (set_("flags", 4), STATUS.OP_DTYPE, prog.DTYPE.F32),  # QUANT: src0 must be I8
     (set_("flags", 3), STATUS.OP_DTYPE, 0),  # RESIDUAL: src3 is used, and all-zero is no F32 operand
     (set_("flags", 0x81), STATUS.OP_FLAGS, 0x81),
     (set_("scale_mask", 1), STATUS.OP_FLAGS, 1),

@@ -158,7 +158,7 @@ OFF = {name: prog.OP.fields[name][1] for name in prog.OP.names}
 OP_CASES = {
     # name: (op, batch, status, info)
     "opcode0": (mutate(matmul(), opcode=0), 1, STATUS.OP_OPCODE, 0),
-    "opcode12": (mutate(matmul(), opcode=12), 1, STATUS.OP_OPCODE, 12),
+    "opcode_unknown": (mutate(matmul(), opcode=max(prog.OPCODE) + 1), 1, STATUS.OP_OPCODE, max(prog.OPCODE) + 1),
     "act": (mutate(matmul(), act=14), 1, STATUS.OP_FUNC, 14),
     "flags": (mutate(matmul(), flags=5), 1, STATUS.OP_FLAGS, 5),
     "residual_on_unary": (mutate(unary(), flags=2), 1, STATUS.OP_FLAGS, 2),

@@ -81,7 +81,7 @@ def test_new_op_is_resolved_with_the_batch(bus, name):
 CASES = {
     # name: (op, status, info)
     "conv_bias_missing": (mutate(conv2d(), flags=0), STATUS.OP_RESERVED, OFF["src2"]),
-    "conv_flag_unknown": (mutate(conv2d(), flags=4), STATUS.OP_FLAGS, 4),
+    "conv_flag_unknown": (mutate(conv2d(), flags=8), STATUS.OP_FLAGS, 8),
     "conv_kh_zero": (mutate(conv2d(), params__0=pair(0, 3)), STATUS.OP_PARAM, P(0)),
     "conv_kw_zero": (mutate(conv2d(), params__0=pair(3, 0)), STATUS.OP_PARAM, P(0)),
     "conv_oc_zero": (mutate(conv2d(), params__1=0), STATUS.OP_PARAM, P(1)),
