@@ -121,20 +121,11 @@ def conv(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
         ishape, oshape = (1, *ishape), (1, *oshape)
     h, w_, c = ishape
     oh, ow, oc = oshape
-    for axis, size, osize in ((0, h, oh), (1, w_, ow)):
-        lo, hi = pads[axis]
-        if lo < 0 or hi < 0:
-            raise lw.unsupported(f"negative padding {pads[axis]}: CONV2D pads with zeros only; crop the input on "
-                           "the host, or use padding='SAME'/'VALID'")
-        k_eff = dil[axis] * (hwio.shape[axis] - 1) + 1
-        short = size + lo - ((osize - 1) * strides[axis] + k_eff)
-        if short > 0:
-            # The last windows stop before the end (a strided VALID conv drops rows), but CONV2D's implied
-            # bottom padding must be >= 0: grow the kernel with zero taps until the windows reach the end.
-            extra = -(-short // dil[axis])
-            grow = [(0, 0)] * 4
-            grow[axis] = (0, extra)
-            hwio = np.pad(hwio, grow)
+    # With padding >= 0 the windows stop fewer than `stride` rows before the end (lax's output length),
+    # which is what CONV2D's geometry rule accepts: a strided VALID conv runs as it is.
+    if any(q < 0 for pad in pads for q in pad):
+        raise lw.unsupported(f"negative padding {pads}: CONV2D pads with zeros only; crop the input on the host, "
+                             "or use padding='SAME'/'VALID'")
     kh, kw = hwio.shape[:2]
     kernel = lw.weight(hwio, None, ins[1].name)
     dst = lw.new_tensor(item_shape(eqn.outvars[0]))
@@ -171,11 +162,11 @@ def _pool(lw: Lowering, kind: int, x: Tensor, oshape: tuple[int, ...], win: list
           pads: list[tuple[int, int]], out_shape: tuple[int, ...]) -> Value:
     h, w, c = x.shape
     oh, ow, _ = oshape
-    for axis, size, osize in ((0, h, oh), (1, w, ow)):
-        lo, hi = pads[axis]
-        if lo < 0 or hi < 0 or (osize - 1) * stride[axis] + win[axis] - size - lo < 0:
-            raise lw.unsupported(f"pooling padding {pads[axis]} with stride {stride[axis]} on an axis of {size}: POOL "
-                           "uses every row it reads; use padding 'SAME' or 'VALID' with sizes the stride divides")
+    # As for CONV2D: with padding >= 0 the windows stop fewer than `stride` rows before the end, which POOL
+    # runs (a strided VALID pool on a size the stride does not divide leaves its last rows unread).
+    if any(q < 0 for pad in pads for q in pad):
+        raise lw.unsupported(f"negative pooling padding {pads}: POOL pads with -inf (MAX) or zeros (AVG) only; "
+                             "crop the input on the host, or use padding 'SAME' or 'VALID'")
     dst = lw.new_tensor(out_shape)
     lw.emit(OPCODE.POOL, [1, h, w, c, oh, ow], [x], dst,
             [kind, _pair(*win), _pair(*stride), _pair(pads[0][0], pads[1][0])])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from compiler_nets import LinenCNN, NnxCNN, check, nnx_perturb, opcodes, perturb
 from flaxnpu_abi.prog import FUNC, OP_FLAG
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pyflaxnpu.compiler import compile
@@ -19,7 +19,8 @@ from pyflaxnpu.errors import UnsupportedPrimitiveError
 
 
 @pytest.mark.parametrize("api", ["linen", "nnx"])
-@pytest.mark.parametrize(("hw", "c_in", "c1", "c2"), [(8, 1, 8, 16), (12, 3, 4, 8), (16, 2, 16, 8)])
+@pytest.mark.parametrize(("hw", "c_in", "c1", "c2"), [(8, 1, 8, 16), (12, 3, 4, 8), (16, 2, 16, 8),
+                                                   (7, 1, 4, 8), (11, 2, 8, 4)])   # odd: pools drop a row
 def test_cnn_is_conv_pool_conv_pool_dense_and_matches_jax(api, hw, c_in, c1, c2):
     if api == "linen":
         model = LinenCNN(c1, c2)
@@ -59,6 +60,8 @@ class Conv(nn.Module):
        kh=st.integers(1, 4), kw=st.integers(1, 3), sh=st.integers(1, 3), sw=st.integers(1, 2),
        dil=st.sampled_from([(1, 1), (2, 1), (1, 2)]), pad=st.sampled_from(["SAME", "VALID", ((1, 0), (2, 1))]),
        h=st.integers(7, 11), w=st.integers(5, 9))
+# strided VALID whose windows stop short of the end: 2 rows and 1 column unread, the kernel as it is
+@example(groups=1, c_mult=2, oc_mult=3, kh=2, kw=3, sh=3, sw=2, dil=(1, 1), pad="VALID", h=10, w=8)
 def test_any_conv_is_one_conv2d_op(groups, c_mult, oc_mult, kh, kw, sh, sw, dil, pad, h, w):
     c, oc = groups * c_mult, groups * oc_mult
     model = Conv(oc, (kh, kw), (sh, sw), pad, dil, groups)
@@ -67,6 +70,7 @@ def test_any_conv_is_one_conv2d_op(groups, c_mult, oc_mult, kh, kw, sh, sw, dil,
     assert opcodes(program) == ["CONV2D"]
     op = program.ops[0]
     assert op["act"] == FUNC.RELU and op["flags"] == OP_FLAG.BIAS and op["params"][5] == groups
+    assert op["params"][0] == kh | kw << 16   # the model's kernel, not one grown to reach the input's end
     check(program, jax.jit(lambda x: model.apply(variables, x)), (h, w, c), batches=(1, 3))
 
 
@@ -89,6 +93,13 @@ class Pools(nn.Module):
     ("avg", (3, 2), (1, 1), "VALID", (7, 5, 2)),
     ("max", (3,), (2,), "SAME", (11, 3)),        # 1-D (NLC): H = 1
     ("avg", (2,), (2,), "VALID", (12, 2)),
+    # strided VALID on sizes the stride does not divide: the last rows/columns are never read
+    ("max", (2, 2), (2, 2), "VALID", (7, 7, 2)),
+    ("avg", (2, 2), (2, 2), "VALID", (9, 7, 1)),
+    ("max", (3, 2), (3, 2), "VALID", (11, 9, 2)),
+    ("avg", (2, 3), (3, 3), "VALID", (10, 11, 3)),
+    ("max", (2,), (3,), "VALID", (13, 2)),
+    ("avg", (3,), (2,), "VALID", (10, 1)),
 ])
 def test_pools_are_one_pool_op(kind, window, strides, padding, shape):
     model = Pools(kind, window, strides, padding)
