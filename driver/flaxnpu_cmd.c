@@ -20,7 +20,8 @@
 #include "flaxnpu_job.h"
 
 #define FLAXNPU_EXEC_FLAGS (FNPU_EXEC_FLAG_INPUT_BO | FNPU_EXEC_FLAG_OUTPUT_BO | \
-			    FNPU_EXEC_FLAG_ARENA_BO | FNPU_EXEC_FLAG_NOP)
+			    FNPU_EXEC_FLAG_ARENA_BO | FNPU_EXEC_FLAG_NOP | \
+			    FNPU_EXEC_FLAG_OP_RANGE)
 
 static void flaxnpu_cmd_queue(struct flaxnpu_ctx *ctx, struct flaxnpu_resp *resp)
 {
@@ -166,7 +167,9 @@ static int flaxnpu_cmd_execute(struct flaxnpu_ctx *ctx, const char __user *ubuf,
 
 	if (size < sizeof(c) || copy_from_user(&c, ubuf, sizeof(c)))
 		return size < sizeof(c) ? -EINVAL : -EFAULT;
-	if (c.flags & ~FLAXNPU_EXEC_FLAGS || c.reserved0 || c.reserved1 || !c.batch)
+	if (c.flags & ~FLAXNPU_EXEC_FLAGS || c.reserved || !c.batch)
+		return -EINVAL;
+	if (!(c.flags & FNPU_EXEC_FLAG_OP_RANGE) && (c.first_op || c.op_count))
 		return -EINVAL;
 	if (c.input_size > FNPU_MAX_BO_SIZE || c.output_size > FNPU_MAX_BO_SIZE ||
 	    c.arena_size > FNPU_MAX_BO_SIZE)
@@ -183,6 +186,13 @@ static int flaxnpu_cmd_execute(struct flaxnpu_ctx *ctx, const char __user *ubuf,
 	model = xa_load(&ctx->models, c.model);
 	if (!model)
 		return -ENOENT;
+	if (!(c.flags & FNPU_EXEC_FLAG_OP_RANGE)) {
+		c.first_op = 0;
+		c.op_count = model->op_count;
+	} else if (!c.op_count || c.first_op >= model->op_count ||
+		   c.op_count > model->op_count - c.first_op) {
+		return -EINVAL;
+	}
 	if (ctx->jobs_open >= FNPU_MAX_JOBS)
 		return -EBUSY;
 
@@ -212,6 +222,8 @@ static int flaxnpu_cmd_execute(struct flaxnpu_ctx *ctx, const char __user *ubuf,
 		goto err;
 	job->batch = c.batch;
 	job->flags = c.flags;
+	job->first_op = c.first_op;
+	job->op_count = c.op_count;
 	job->output_size = c.output_size;
 	return flaxnpu_cmd_queue_job(ctx, job, resp, c.hdr.tag);
 err:

@@ -165,8 +165,8 @@ int flaxnpu_job_submit(struct flaxnpu_device *fdev, struct flaxnpu_job *job)
 		entry.seg_table = job->segs_dma;
 		entry.seg_count = FNPU_SEG_COUNT;
 		entry.prog_seg = FNPU_SEG_PROGRAM;
-		entry.prog_offset = 0;
-		entry.op_count = job->model->op_count;
+		entry.prog_offset = job->first_op * FNPU_OP_SIZE;
+		entry.op_count = job->op_count;
 		entry.batch = job->batch;
 		for (i = 0; i < FNPU_SEG_COUNT; i++) {
 			flaxnpu_bo_sync(job->bo[i], true);
@@ -222,7 +222,8 @@ static void flaxnpu_job_finish(struct flaxnpu_device *fdev, struct flaxnpu_job *
 
 	spin_lock(&ctx->resp_lock);
 	job->status = rec->status;
-	job->op_index = rec->op_index;
+	/* The device counts from the job's first op; user space names ops of the model. */
+	job->op_index = rec->op_index < job->op_count ? job->first_op + rec->op_index : rec->op_index;
 	job->info = rec->info;
 	job->cycles = rec->cycles;
 	job->device_ns = ktime_to_ns(ktime_sub(when, job->submitted));

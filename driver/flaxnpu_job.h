@@ -30,6 +30,8 @@ struct flaxnpu_job {
 	u32 handle;
 	u32 batch;
 	u32 flags;			/* EXEC_FLAG_* */
+	u32 first_op;			/* the model's ops [first_op, first_op + op_count) */
+	u32 op_count;
 	u32 output_size;
 	u64 id;				/* ring cookie, unique per device */
 	u32 seq;			/* ring index while in flight */
@@ -39,7 +41,7 @@ struct flaxnpu_job {
 	/* Written once under ctx->resp_lock when the job leaves the device. */
 	bool done;
 	u32 status;
-	u32 op_index;
+	u32 op_index;			/* in the model's op stream, not the job's */
 	u32 info;
 	u64 cycles;
 	u64 device_ns;

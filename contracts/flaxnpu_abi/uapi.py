@@ -5,7 +5,7 @@ from enum import IntEnum, IntFlag
 import numpy as np
 
 ABI_MAJOR = 1
-ABI_MINOR = 0
+ABI_MINOR = 1
 
 IOCTL_TYPE = 0x4e  # ioctl type byte ('N')
 RECORD_ALIGN = 0x8  # record sizes are multiples of this; payloads are padded to it
@@ -41,12 +41,14 @@ class EXEC_FLAG(IntFlag):
     OUTPUT_BO = 0x2  # output goes to buffer object output_bo (zero-copy), not into the RESULT
     ARENA_BO = 0x4  # scratch arena is buffer object arena_bo, not driver memory
     NOP = 0x8  # no model and no data: the device completes a NOP job at once (round-trip measurement); model, sizes and buffer objects must be 0, batch 1
+    OP_RANGE = 0x10  # run only ops [first_op, first_op + op_count) of the model, for host (CPU) segments between jobs (1.1); without it first_op and op_count must be 0
 
 EXEC_FLAG_DOC = {
     EXEC_FLAG.INPUT_BO: 'input is in buffer object input_bo (zero-copy), not in the payload',
     EXEC_FLAG.OUTPUT_BO: 'output goes to buffer object output_bo (zero-copy), not into the RESULT',
     EXEC_FLAG.ARENA_BO: 'scratch arena is buffer object arena_bo, not driver memory',
     EXEC_FLAG.NOP: 'no model and no data: the device completes a NOP job at once (round-trip measurement); model, sizes and buffer objects must be 0, batch 1',
+    EXEC_FLAG.OP_RANGE: 'run only ops [first_op, first_op + op_count) of the model, for host (CPU) segments between jobs (1.1); without it first_op and op_count must be 0',
 }
 
 # start of every command record and every response record
@@ -69,9 +71,9 @@ assert CMD_LOAD_MODEL.itemsize == 32
 
 # EXECUTE command, followed by input_size bytes of input unless EXEC_FLAG_INPUT_BO
 CMD_EXECUTE = np.dtype({
-    'names': ['hdr', 'model', 'batch', 'flags', 'input_size', 'output_size', 'arena_size', 'input_bo', 'output_bo', 'arena_bo', 'reserved0', 'reserved1'],
-    'formats': [CMD_HDR, '<u4', '<u4', '<u4', '<u4', '<u4', '<u4', '<u4', '<u4', '<u4', '<u4', '<u8'],
-    'offsets': [0, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56],
+    'names': ['hdr', 'model', 'batch', 'flags', 'input_size', 'output_size', 'arena_size', 'input_bo', 'output_bo', 'arena_bo', 'first_op', 'op_count', 'reserved'],
+    'formats': [CMD_HDR, '<u4', '<u4', '<u4', '<u4', '<u4', '<u4', '<u4', '<u4', '<u4', '<u4', '<u4', '<u4'],
+    'offsets': [0, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60],
     'itemsize': 64,
 })
 assert CMD_EXECUTE.itemsize == 64

@@ -16,7 +16,7 @@
 #include <linux/ioctl.h>
 
 #define FNPU_UAPI_ABI_MAJOR 1u
-#define FNPU_UAPI_ABI_MINOR 0u
+#define FNPU_UAPI_ABI_MINOR 1u
 
 #define FNPU_IOCTL_TYPE 0x4eu /* ioctl type byte ('N') */
 #define FNPU_RECORD_ALIGN 0x8u /* record sizes are multiples of this; payloads are padded to it */
@@ -41,6 +41,7 @@ enum fnpu_exec_flag {
 	FNPU_EXEC_FLAG_OUTPUT_BO = 0x2, /* output goes to buffer object output_bo (zero-copy), not into the RESULT */
 	FNPU_EXEC_FLAG_ARENA_BO = 0x4, /* scratch arena is buffer object arena_bo, not driver memory */
 	FNPU_EXEC_FLAG_NOP = 0x8, /* no model and no data: the device completes a NOP job at once (round-trip measurement); model, sizes and buffer objects must be 0, batch 1 */
+	FNPU_EXEC_FLAG_OP_RANGE = 0x10, /* run only ops [first_op, first_op + op_count) of the model, for host (CPU) segments between jobs (1.1); without it first_op and op_count must be 0 */
 };
 
 /* start of every command record and every response record */
@@ -81,8 +82,9 @@ struct fnpu_cmd_execute {
 	uint32_t input_bo; /* buffer object with the input (EXEC_FLAG_INPUT_BO), else 0 */
 	uint32_t output_bo; /* buffer object for the output (EXEC_FLAG_OUTPUT_BO), else 0 */
 	uint32_t arena_bo; /* buffer object for the arena (EXEC_FLAG_ARENA_BO), else 0 */
-	uint32_t reserved0;
-	uint64_t reserved1;
+	uint32_t first_op; /* first op of the job (EXEC_FLAG_OP_RANGE), else 0; < the model's op_count (1.1) */
+	uint32_t op_count; /* ops in the job (EXEC_FLAG_OP_RANGE), else 0; >= 1, first_op + op_count <= the model's op_count (1.1) */
+	uint32_t reserved;
 };
 FNPU_STATIC_ASSERT(sizeof(struct fnpu_cmd_execute) == 64, "fnpu_cmd_execute size");
 FNPU_STATIC_ASSERT(offsetof(struct fnpu_cmd_execute, hdr) == 0, "fnpu_cmd_execute.hdr offset");
@@ -95,8 +97,9 @@ FNPU_STATIC_ASSERT(offsetof(struct fnpu_cmd_execute, arena_size) == 36, "fnpu_cm
 FNPU_STATIC_ASSERT(offsetof(struct fnpu_cmd_execute, input_bo) == 40, "fnpu_cmd_execute.input_bo offset");
 FNPU_STATIC_ASSERT(offsetof(struct fnpu_cmd_execute, output_bo) == 44, "fnpu_cmd_execute.output_bo offset");
 FNPU_STATIC_ASSERT(offsetof(struct fnpu_cmd_execute, arena_bo) == 48, "fnpu_cmd_execute.arena_bo offset");
-FNPU_STATIC_ASSERT(offsetof(struct fnpu_cmd_execute, reserved0) == 52, "fnpu_cmd_execute.reserved0 offset");
-FNPU_STATIC_ASSERT(offsetof(struct fnpu_cmd_execute, reserved1) == 56, "fnpu_cmd_execute.reserved1 offset");
+FNPU_STATIC_ASSERT(offsetof(struct fnpu_cmd_execute, first_op) == 52, "fnpu_cmd_execute.first_op offset");
+FNPU_STATIC_ASSERT(offsetof(struct fnpu_cmd_execute, op_count) == 56, "fnpu_cmd_execute.op_count offset");
+FNPU_STATIC_ASSERT(offsetof(struct fnpu_cmd_execute, reserved) == 60, "fnpu_cmd_execute.reserved offset");
 
 /* RETRIEVE command */
 struct fnpu_cmd_retrieve {
@@ -142,7 +145,7 @@ struct fnpu_resp_result {
 	struct fnpu_cmd_hdr hdr; /* type RESP_RESULT, tag of the RETRIEVE command */
 	uint32_t job; /* job handle */
 	uint32_t status; /* hw STATUS_* of the job (STATUS_TIMEOUT / STATUS_ABORTED from the driver) */
-	uint32_t op_index; /* failing op, or 0xffffffff */
+	uint32_t op_index; /* failing op as an index into the model's op stream (also with EXEC_FLAG_OP_RANGE), or 0xffffffff */
 	uint32_t info; /* device's detail value */
 	uint64_t cycles; /* engine cycles the device reports */
 	uint64_t device_ns; /* nanoseconds from doorbell to completion interrupt, measured by the driver */

@@ -1,8 +1,10 @@
 """Kernel backend: /dev/flaxnpuN through driver/flaxnpu.ko (contract 3, docs/uapi.md).
 
 Commands are written as records (LOAD_MODEL, EXECUTE, RETRIEVE) and answered by response records on
-read(); inputs and outputs live in buffer objects mapped into this process, so a call copies the input
-once into device-visible memory and reads the output straight out of it.
+read(); inputs, outputs and the arena live in buffer objects mapped into this process, so a call copies the
+input once into device-visible memory and reads the output straight out of it. A program with host (CPU)
+segments runs each device segment as one job over its op range (EXEC_FLAG_OP_RANGE) and each host
+segment on the mapped arena, input and output in between.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from flaxnpu_abi import hw, prog, uapi
 
 from ..errors import DeviceError, DeviceTimeout, JobError
-from ..program.hostseg import has_host
+from . import host
 from .batching import BatchedModel
 from .device import Device
 from .udriver import status_text
@@ -42,6 +44,9 @@ def _open_error(path: str, e: OSError) -> DeviceError:
                            "(usermod -aG flaxnpu $USER) and install driver/99-flaxnpu.rules in /etc/udev/rules.d")
     return DeviceError(f"cannot open {path}: {e.strerror}")
 
+
+# UAPI minor that added EXEC_FLAG_OP_RANGE, which programs with host segments need.
+OP_RANGE_MINOR = 1
 
 # The driver answers RETRIEVE when the job completes or its own job timeout (10 s by default) fails it, so a
 # response later than this means the driver itself is stuck.
@@ -96,13 +101,11 @@ class KernelModel(BatchedModel):
 
     def __init__(self, dev: KernelDevice, program: Program, max_batch: int | None) -> None:
         self.dev = dev
-        if has_host(program.manifest):
-            # EXECUTE runs a model's whole op stream and has no op range; mixed programs need one (or one
-            # model per device segment) plus the arena as an mmap'd ARENA_BO: not done yet.
-            raise DeviceError("this program runs part of the model on the CPU (host segments), which the "
-                              "kernel backend does not support yet: use open('sim'), or compile with "
-                              "fallback='error' to see which operations need the CPU")
         super().__init__(program, max_batch)
+        self._segments = host.plan(program)  # imports jax only when the program has host segments
+        if any(s.kind == "npu" and (s.first, s.last) != (0, program.op_count) for s in self._segments):
+            dev.require_uapi_minor(OP_RANGE_MINOR, "this program runs part of the model on the CPU (host "
+                                   "segments), so its device parts run as op ranges (EXEC_FLAG_OP_RANGE)")
         cmd = np.zeros((), uapi.CMD_LOAD_MODEL)
         cmd["hdr"]["type"] = uapi.CMD.LOAD_MODEL
         cmd["image_size"], cmd["op_count"] = len(program.image), program.op_count
@@ -110,19 +113,38 @@ class KernelModel(BatchedModel):
         self.handle = int(np.frombuffer(resp, uapi.RESP_MODEL, count=1)[0]["model"])
         self._in_bo, self._in_map = dev.bo(max(self._in_item * self.max_batch, 1))
         self._out_bo, self._out_map = dev.bo(max(self._out_item * self.max_batch, 1))
+        # The arena is a mapped BO too: host segments read and write it between the jobs.
+        self._arena_bo, self._arena_map = dev.bo(max(self._arena_item * self.max_batch, 1))
+        self._views = {prog.SEG_ARENA: memoryview(self._arena_map), prog.SEG_INPUT: memoryview(self._in_map),
+                       prog.SEG_OUTPUT: memoryview(self._out_map)}
         self.last_device_ns = 0
 
     def _run_chunk(self, xs: list[np.ndarray], ys: list[np.ndarray], n: int) -> None:
         for x, spec in zip(xs, self.inputs, strict=True):
             self._in_map[spec.offset * n:(spec.offset + spec.size) * n] = x.reshape(-1).view(np.uint8)
+        for seg in self._segments:  # one device job, or jobs with host segments between them
+            if seg.kind == "cpu":
+                host.run(seg, self._views, n)
+            else:
+                self._run_job(seg.first, seg.last, n)
+        out = np.frombuffer(self._out_map, np.uint8, count=self._out_item * n)
+        for y, spec in zip(ys, self.outputs, strict=True):
+            y.reshape(-1).view(np.uint8)[:] = out[spec.offset * n:(spec.offset + spec.size) * n]
+
+    def _run_job(self, first: int, last: int, n: int) -> None:
+        """One EXECUTE over ops [first, last) of the model, and its RETRIEVE."""
         cmd = np.zeros((), uapi.CMD_EXECUTE)
         cmd["hdr"]["type"] = uapi.CMD.EXECUTE
         cmd["model"], cmd["batch"] = self.handle, n
-        cmd["flags"] = uapi.EXEC_FLAG.INPUT_BO | uapi.EXEC_FLAG.OUTPUT_BO
+        flags = uapi.EXEC_FLAG.INPUT_BO | uapi.EXEC_FLAG.OUTPUT_BO | uapi.EXEC_FLAG.ARENA_BO
+        if (first, last) != (0, self.program.op_count):  # a whole-program job works with UAPI 1.0 drivers too
+            flags |= uapi.EXEC_FLAG.OP_RANGE
+            cmd["first_op"], cmd["op_count"] = first, last - first
+        cmd["flags"] = flags
         cmd["input_size"] = max(self._in_item * n, prog.ALIGN)
         cmd["output_size"] = max(self._out_item * n, prog.ALIGN)
         cmd["arena_size"] = max(self._arena_item * n, prog.ALIGN)
-        cmd["input_bo"], cmd["output_bo"] = self._in_bo, self._out_bo
+        cmd["input_bo"], cmd["output_bo"], cmd["arena_bo"] = self._in_bo, self._out_bo, self._arena_bo
         chan = self.dev.chan
         job = int(np.frombuffer(chan.receive(chan.send(cmd)), uapi.RESP_JOB, count=1)[0]["job"])
         ret = np.zeros((), uapi.CMD_RETRIEVE)
@@ -132,22 +154,26 @@ class KernelModel(BatchedModel):
         if status == hw.STATUS.TIMEOUT:
             raise DeviceTimeout(f"job timed out: {status_text(status)}; the driver reset the device (dmesg)")
         if status != hw.STATUS.OK:
-            op = int(res["op_index"])
+            op = int(res["op_index"])  # the driver reports it as an index into the whole op stream
             op_index = None if op == hw.OP_NONE else op
             where = "" if op_index is None else f" at op {op_index}"
             msg = f"job failed{where}: {status_text(status)}, info 0x{int(res['info']):x}"
             raise self._explain(JobError(msg, status, op_index, int(res["info"])))
         self.last_cycles += int(res["cycles"])
         self.last_device_ns += int(res["device_ns"])
-        out = np.frombuffer(self._out_map, np.uint8, count=self._out_item * n)
-        for y, spec in zip(ys, self.outputs, strict=True):
-            y.reshape(-1).view(np.uint8)[:] = out[spec.offset * n:(spec.offset + spec.size) * n]
+
+    def __call__(self, *xs: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        self.last_device_ns = 0
+        return super().__call__(*xs)
 
     def unload(self) -> None:
         arg = np.zeros((), uapi.MODEL_UNLOAD)
         arg["size"], arg["handle"] = uapi.MODEL_UNLOAD.itemsize, self.handle
         self.dev.ioctl(uapi.IOCTL.MODEL_UNLOAD, arg)
-        for bo, m in ((self._in_bo, self._in_map), (self._out_bo, self._out_map)):
+        for view in self._views.values():
+            view.release()
+        for bo, m in ((self._in_bo, self._in_map), (self._out_bo, self._out_map),
+                      (self._arena_bo, self._arena_map)):
             m.close()
             self.dev.bo_free(bo)
 
@@ -164,6 +190,13 @@ class KernelDevice(Device):
         self.chan = Channel(self.fd)
         self._models: list[KernelModel] = []
         self.name = os.path.basename(path)
+        self.uapi_version = int(self._info()["uapi_version"])
+
+    def require_uapi_minor(self, minor: int, why: str) -> None:
+        major, have = self.uapi_version >> 16, self.uapi_version & 0xFFFF
+        if major != uapi.ABI_MAJOR or have < minor:
+            raise DeviceError(f"{why}, which needs UAPI {uapi.ABI_MAJOR}.{minor}; the driver behind {self.path} "
+                              f"speaks {major}.{have}: load this checkout's driver (insmod driver/flaxnpu.ko)")
 
     def ioctl(self, request: int, arg: np.ndarray) -> np.ndarray:
         buf = bytearray(arg.tobytes())
@@ -191,10 +224,13 @@ class KernelDevice(Device):
         self._models.append(model)
         return model
 
-    def info(self) -> dict[str, Any]:
+    def _info(self) -> np.ndarray:
         arg = np.zeros((), uapi.INFO)
         arg["size"] = uapi.INFO.itemsize
-        out = self.ioctl(uapi.IOCTL.INFO, arg)
+        return self.ioctl(uapi.IOCTL.INFO, arg)
+
+    def info(self) -> dict[str, Any]:
+        out = self._info()
         v = int(out["fw_version"])
         try:
             state = hw.STATE(int(out["state"])).name

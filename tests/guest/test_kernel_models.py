@@ -1,6 +1,7 @@
-"""The first slice's models through /dev/flaxnpuN, and two processes sharing one device.
+"""Models through /dev/flaxnpuN: MLPs, a mixed program (device jobs over op ranges with CPU host segments
+between them), and two processes sharing one device.
 
-Outputs are checked against jax.jit here (1e-4) and saved with their program and inputs to
+Outputs are checked against jax.jit here (1e-4; 1e-5 for the mixed program) and saved with their program and inputs to
 $FLAXNPU_GUEST_OUT; tests/vm/test_guest_suite.py then runs the same programs on the host's in-process
 simulator and requires identical bytes. (Comparing inside the guest would not be like for like: the
 device model runs on the host's CPU, whose BLAS kernels differ from the emulated CPU's in the last bit.)
@@ -8,6 +9,7 @@ device model runs on the host's CPU, whose BLAS kernels differ from the emulated
 
 import multiprocessing as mp
 import os
+import sys
 from pathlib import Path
 
 import flax.linen as nn
@@ -16,8 +18,14 @@ import numpy as np
 import pytest
 import shared_device_worker
 from flax import nnx
+from flaxnpu_abi import hw, prog
 
 import pyflaxnpu
+from pyflaxnpu.errors import JobError
+from pyflaxnpu.program import Program
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from compiler_models import SortMLP  # also run on the in-process NPU by tests/sim/test_fallback.py
 
 
 class MLP(nn.Module):
@@ -127,3 +135,50 @@ def test_two_processes_share_one_device():
         for x, y in zip(xs, ys, strict=True):
             np.testing.assert_allclose(y, ref(x), rtol=1e-4, atol=1e-5)
         save(f"process_{i}", program, xs, ys)
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    module = SortMLP()
+    x = np.ones((1, 12), np.float32)
+    variables = module.init(jax.random.key(3), x)
+    program = pyflaxnpu.compile(module, variables, x)
+    kinds = [s["kind"] for s in program.manifest["segments"]]
+    assert kinds.count("cpu") >= 2 and kinds.count("npu") >= 2, kinds
+    return program, jax.jit(lambda v: module.apply(variables, v))
+
+
+def jobs_done() -> int:
+    return int(Path("/sys/class/flaxnpu/flaxnpu0/jobs_done").read_text())
+
+
+@pytest.mark.parametrize("batch,max_batch", [(1, None), (37, None), (37, 16)])
+def test_mixed_program_through_the_driver(kdev, mixed, batch, max_batch):
+    """Each device segment is one EXECUTE over its op range; the host segments run on the mapped arena."""
+    program, ref = mixed
+    model = kdev.load(program, max_batch=max_batch)
+    x = np.random.default_rng(batch).standard_normal((batch, 12), dtype=np.float32)
+    before = jobs_done()
+    y = model(x)
+    device_segments = sum(s["kind"] == "npu" for s in program.manifest["segments"])
+    assert jobs_done() - before == device_segments * -(-batch // model.max_batch)
+    np.testing.assert_allclose(y, np.asarray(ref(x)), rtol=1e-5, atol=1e-5)
+    model.unload()
+    save(f"mixed_b{batch}_m{max_batch}", program, [x], [y])
+
+
+def test_mixed_program_names_a_failing_op_of_a_later_device_segment(kdev, mixed):
+    """The driver reports the failing op as an index into the whole op stream, not the job's range."""
+    program, _ = mixed
+    seg = [s for s in program.manifest["segments"] if s["kind"] == "npu"][1]
+    bad = seg["first"] + 1 if seg["last"] - seg["first"] > 1 else seg["first"]
+    image = bytearray(program.image)
+    image[bad * prog.OP_SIZE + prog.OP.fields["reserved1"][1]] = 1  # the firmware refuses it: OP_RESERVED
+    broken = Program(bytes(image), program.op_count, program.manifest, program.version)
+    model = kdev.load(broken)
+    with pytest.raises(JobError) as e:
+        model(np.ones((3, 12), np.float32))
+    assert e.value.status == hw.STATUS.OP_RESERVED and e.value.op_index == bad
+    module = program.manifest["ops"][bad]["module"]
+    assert f"at op {bad}:" in str(e.value) and f"from {module}" in str(e.value)
+    model.unload()

@@ -164,8 +164,8 @@ def test_malformed_record_is_einval_and_queues_nothing(guest, name):
 @pytest.mark.parametrize("fields,err", [
     ({"batch": 0}, errno.EINVAL),
     ({"flags": 0x8}, errno.EINVAL),
-    ({"reserved0": 1}, errno.EINVAL),
-    ({"reserved1": 1}, errno.EINVAL),
+    ({"reserved": 1}, errno.EINVAL),
+    ({"first_op": 1}, errno.EINVAL),  # an op range without EXEC_FLAG_OP_RANGE (test_uapi_op_range.py)
     ({"input_bo": 1}, errno.EINVAL),  # a BO handle without EXEC_FLAG_INPUT_BO
     ({"output_size": uapi.MAX_BO_SIZE + 1}, errno.EINVAL),
     ({"input_size": 128}, errno.EINVAL),  # payload shorter than input_size

@@ -99,18 +99,30 @@ def bo_create(fd: int, size: int) -> tuple[int, int]:
     return int(out["handle"]), int(out["mmap_offset"])
 
 
-def relu_image(n: int) -> bytes:
-    """One UNARY op: output[b, :n] = relu(input[b, :n]), per batch item (dims[0] and both refs scaled)."""
+def unary_op(n: int, func: int, src: int, dst: int) -> bytes:
+    """One UNARY op: dst[b, :n] = func(src[b, :n]) per batch item (dims[0] and both refs scaled), at
+    offset 0 of segments src and dst."""
     op = np.zeros((), prog.OP)
     op["opcode"] = prog.OPCODE.UNARY
     op["act"] = prog.FUNC.NONE
     op["scale_mask"] = 1
     op["dims"][0] = n
-    op["params"][0] = prog.FUNC.RELU
-    for ref, seg in (("src0", prog.SEG_INPUT), ("dst", prog.SEG_OUTPUT)):
+    op["params"][0] = func
+    for ref, seg in (("src0", src), ("dst", dst)):
         op[ref]["seg"], op[ref]["size"] = seg, n * 4
         op[ref]["dtype"], op[ref]["flags"] = prog.DTYPE.F32, prog.REF_FLAG.SCALED
     return op.tobytes()
+
+
+def relu_image(n: int) -> bytes:
+    """output[b, :n] = relu(input[b, :n])."""
+    return unary_op(n, prog.FUNC.RELU, prog.SEG_INPUT, prog.SEG_OUTPUT)
+
+
+def chain_image(n: int) -> bytes:
+    """Two ops through the arena: op 0 arena = relu(input), op 1 output = -arena."""
+    return (unary_op(n, prog.FUNC.RELU, prog.SEG_INPUT, prog.SEG_ARENA)
+            + unary_op(n, prog.FUNC.NEG, prog.SEG_ARENA, prog.SEG_OUTPUT))
 
 
 class Ctx:
@@ -123,7 +135,10 @@ class Ctx:
         return os.write(self.fd, data)
 
     def load_relu(self, n: int = 16) -> int:
-        self.send(load_model_record(relu_image(n), 1, tag=7))
+        return self.load(relu_image(n), 1)
+
+    def load(self, image: bytes, op_count: int) -> int:
+        self.send(load_model_record(image, op_count, tag=7))
         hdr, rec = read_one(self.fd)
         assert int(hdr["type"]) == uapi.RESP.MODEL and int(hdr["tag"]) == 7
         return int(np.frombuffer(rec, uapi.RESP_MODEL, count=1)[0]["model"])

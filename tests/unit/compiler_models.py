@@ -47,6 +47,19 @@ class NnxMLP(nnx.Module):
         return nn.softmax(x) if self.softmax else x
 
 
+class SortMLP(nn.Module):
+    """An MLP with sort, cumsum and argsort in the middle: none has an NPU lowering, so with the default
+    fallback it compiles to device segments with CPU (host) segments between them."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.gelu(nn.Dense(32)(x))
+        x = jnp.sort(x, axis=-1)
+        x = jnp.cumsum(nn.Dense(16)(x), axis=-1) * 0.1
+        rank = jnp.argsort(x, axis=-1).astype(jnp.float32)
+        return nn.softmax(nn.Dense(10)(jnp.tanh(x) + 0.01 * rank))
+
+
 def linen(d_in: int, widths: tuple[int, ...], act: str = "relu", softmax: bool = False, seed: int = 0):
     """(model, variables, reference function of x) with non-zero biases, so bias handling is tested."""
     model = LinenMLP(widths, act, softmax)
