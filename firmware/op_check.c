@@ -22,6 +22,17 @@ static FW_MUST_CHECK enum fnpu_status check_header(const struct fnpu_op *op, con
 		*info = op->flags;
 		return FNPU_STATUS_OP_FLAGS;
 	}
+	/* an int8 POOL takes the max of quantized values, the one pooling that commutes with the scale */
+	if ((op->flags & FNPU_OP_FLAG_QUANT) && op->opcode == FNPU_OPCODE_POOL) {
+		if (op->act != FNPU_FUNC_NONE) {
+			*info = op->act;
+			return FNPU_STATUS_OP_FUNC;
+		}
+		if (op->params[0] != FNPU_POOL_MAX) {
+			*info = OP_FIELD(params);
+			return FNPU_STATUS_OP_PARAM;
+		}
+	}
 	if (op->scale_mask & ~((1u << ndims) - 1)) {
 		*info = op->scale_mask;
 		return FNPU_STATUS_OP_FLAGS;
@@ -125,7 +136,8 @@ enum fnpu_status op_resolve(struct fnpu_op *op, const struct op_job *job, uint32
 		return st;
 	elems[REF_SRC3] = elems[REF_DST];
 	used = rule->refs;
-	if (op->flags & (FNPU_OP_FLAG_BIAS | FNPU_OP_FLAG_QUANT))
+	/* the requant table of an int8 MATMUL/CONV2D (an int8 POOL has none) */
+	if ((op->flags & FNPU_OP_FLAG_BIAS) || ((op->flags & FNPU_OP_FLAG_QUANT) && op->opcode != FNPU_OPCODE_POOL))
 		used |= USES(REF_SRC2);
 	if (op->flags & FNPU_OP_FLAG_RESIDUAL)
 		used |= USES(REF_SRC3);

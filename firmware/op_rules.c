@@ -182,7 +182,7 @@ static const struct op_rule rules[] = {
 	[FNPU_OPCODE_REDUCE] = { 2, SRC_DST, 0, 0, { FNPU_REDUCE_MEAN }, reduce_elems },
 	[FNPU_OPCODE_CONV2D] = { 6, SRC2_DST, FUSED, 0,
 				 { P_PAIR, P_DIM, P_PAIR, P_ANY, P_PAIR, P_NONZERO, 0, P_QSCALE }, conv2d_elems },
-	[FNPU_OPCODE_POOL] = { 6, SRC_DST, 0, 0, { FNPU_POOL_AVG, P_PAIR, P_PAIR, P_ANY }, pool_elems },
+	[FNPU_OPCODE_POOL] = { 6, SRC_DST, FNPU_OP_FLAG_QUANT, 0, { FNPU_POOL_AVG, P_PAIR, P_PAIR, P_ANY }, pool_elems },
 	[FNPU_OPCODE_LAYERNORM] = { 2, SRC2_DST | USES(REF_SRC2), 0, 0, { P_EPS }, layernorm_elems },
 	[FNPU_OPCODE_BMM] = { 4, SRC2_DST, 0, 0, { 3, P_ALPHA }, bmm_elems },
 	[FNPU_OPCODE_GATHER] = { 3, SRC2_DST, 0, USES(REF_SRC0), { 0 }, gather_elems },
@@ -215,6 +215,8 @@ uint32_t op_ref_dtype(const struct fnpu_op *op, const struct op_rule *rule, uint
 	}
 	if (op->flags & FNPU_OP_FLAG_QUANT) {
 		if (ref == REF_SRC0 || ref == REF_SRC1 || (ref == REF_DST && op->params[7]))
+			return FNPU_DTYPE_I8;
+		if (ref == REF_DST && op->opcode == FNPU_OPCODE_POOL)
 			return FNPU_DTYPE_I8;
 	}
 	return FNPU_DTYPE_F32;

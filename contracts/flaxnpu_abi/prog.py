@@ -157,12 +157,12 @@ DTYPE_DOC = {
 class OP_FLAG(IntFlag):
     BIAS = 0x1  # MATMUL, CONV2D: src2 holds a bias of N (OC) elements
     RESIDUAL = 0x2  # MATMUL, CONV2D: src3 (dst's shape) is added before act (1.1)
-    QUANT = 0x4  # MATMUL, CONV2D: src0 and src1 are I8 with int32 accumulation; src2 (BIAS must be clear) is the F32 requant table [2, N]: acc * row 0 + row 1; dst is I8 at scale params[7] when params[7] != 0, else F32 (1.2)
+    QUANT = 0x4  # MATMUL, CONV2D: src0 and src1 are I8 with int32 accumulation; src2 (BIAS must be clear) is the F32 requant table [2, N]: acc * row 0 + row 1; dst is I8 at scale params[7] when params[7] != 0, else F32. POOL MAX with act NONE: src0 and dst are I8 (1.2)
 
 OP_FLAG_DOC = {
     OP_FLAG.BIAS: 'MATMUL, CONV2D: src2 holds a bias of N (OC) elements',
     OP_FLAG.RESIDUAL: "MATMUL, CONV2D: src3 (dst's shape) is added before act (1.1)",
-    OP_FLAG.QUANT: 'MATMUL, CONV2D: src0 and src1 are I8 with int32 accumulation; src2 (BIAS must be clear) is the F32 requant table [2, N]: acc * row 0 + row 1; dst is I8 at scale params[7] when params[7] != 0, else F32 (1.2)',
+    OP_FLAG.QUANT: 'MATMUL, CONV2D: src0 and src1 are I8 with int32 accumulation; src2 (BIAS must be clear) is the F32 requant table [2, N]: acc * row 0 + row 1; dst is I8 at scale params[7] when params[7] != 0, else F32. POOL MAX with act NONE: src0 and dst are I8 (1.2)',
 }
 
 class FILE_FLAG(IntFlag):

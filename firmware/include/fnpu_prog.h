@@ -102,7 +102,7 @@ enum fnpu_dtype {
 enum fnpu_op_flag {
 	FNPU_OP_FLAG_BIAS = 0x1, /* MATMUL, CONV2D: src2 holds a bias of N (OC) elements */
 	FNPU_OP_FLAG_RESIDUAL = 0x2, /* MATMUL, CONV2D: src3 (dst's shape) is added before act (1.1) */
-	FNPU_OP_FLAG_QUANT = 0x4, /* MATMUL, CONV2D: src0 and src1 are I8 with int32 accumulation; src2 (BIAS must be clear) is the F32 requant table [2, N]: acc * row 0 + row 1; dst is I8 at scale params[7] when params[7] != 0, else F32 (1.2) */
+	FNPU_OP_FLAG_QUANT = 0x4, /* MATMUL, CONV2D: src0 and src1 are I8 with int32 accumulation; src2 (BIAS must be clear) is the F32 requant table [2, N]: acc * row 0 + row 1; dst is I8 at scale params[7] when params[7] != 0, else F32. POOL MAX with act NONE: src0 and dst are I8 (1.2) */
 };
 
 enum fnpu_file_flag {

@@ -68,6 +68,11 @@ def _check_header(op: np.void) -> tuple[OPCODE, int, int]:
         raise EngineError(STATUS.OP_FLAGS, flags, f"op flags 0x{flags:x} not allowed on {opcode.name}")
     if flags & OP_FLAG.QUANT and flags & OP_FLAG.BIAS:
         raise EngineError(STATUS.OP_FLAGS, flags, "QUANT's requant table holds the bias: BIAS must be clear")
+    if flags & OP_FLAG.QUANT and opcode == OPCODE.POOL:  # max commutes with the scale; nothing else does
+        if act != FUNC.NONE:
+            raise EngineError(STATUS.OP_FUNC, act, f"an int8 POOL takes no act, got {FUNC(act).name}")
+        if int(op["params"][0]) != POOL.MAX:
+            raise EngineError(STATUS.OP_PARAM, int(op["params"][0]), "an int8 POOL must be MAX")
     if scale_mask:  # the firmware applies the batch before the kick
         raise EngineError(STATUS.OP_FLAGS, scale_mask, "scale_mask must be 0 at the engines")
     for name in ("reserved0", "reserved1"):
@@ -133,6 +138,10 @@ def _compute_new(plan: Plan, s: dict[str, np.ndarray]) -> np.ndarray:
             return kernels.requant(acc, s["src2"])
         out = kernels.conv2d(s["src0"], s["src1"], d[4], d[5], pair(p[2]), pair(p[3]), pair(p[4]), p[5])
         return out + s["src2"] if plan.bias else out
+    if plan.opcode == OPCODE.POOL and plan.quant:  # int8 in, int8 out: the max of the stored values
+        x = s["src0"].astype(F32)
+        out = kernels.pool(x, True, d[4], d[5], pair(p[1]), pair(p[2]), pair(p[3]))
+        return np.clip(out, -128, 127).astype(I8)  # a window wholly in the padding gives -128
     if plan.opcode == OPCODE.POOL:
         return kernels.pool(s["src0"], p[0] == POOL.MAX, d[4], d[5], pair(p[1]), pair(p[2]), pair(p[3]))
     if plan.opcode == OPCODE.LAYERNORM:
@@ -174,6 +183,8 @@ def _compute(plan: Plan, segments: Segments) -> tuple[np.ndarray, list[np.ndarra
             out = _compute_new(plan, s)
         if plan.flags & OP_FLAG.RESIDUAL:
             out = out + s["src3"]
+    if out.dtype == I8:
+        return out, list(s.values())
     out = apply_func(plan.act, np.asarray(out, F32))
     scale = _dst_scale(plan)
     return (out if scale is None else kernels.quantize(out, scale)), list(s.values())

@@ -88,7 +88,7 @@ RULES: dict[int, Rule] = {
     OPCODE.REDUCE: Rule(2, 0, (_max(max(REDUCE)),)),
     OPCODE.CONV2D: Rule(6, FUSED, (_pair_ok, lambda v, p: 1 <= v <= prog.MAX_DIM, _pair_ok, _any, _pair_ok,
                                    lambda v, p: v >= 1)),
-    OPCODE.POOL: Rule(6, 0, (_max(max(POOL)), _pair_ok, _pair_ok, _any)),
+    OPCODE.POOL: Rule(6, int(OP_FLAG.QUANT), (_max(max(POOL)), _pair_ok, _pair_ok, _any)),
     OPCODE.LAYERNORM: Rule(2, 0, (_eps_ok,)),
     OPCODE.BMM: Rule(4, 0, (_max(3), _alpha_ok)),
     OPCODE.GATHER: Rule(3),
@@ -195,7 +195,8 @@ def dtype_of(opcode: int, slot: str, flags: int = 0, params: tuple[int, ...] = (
         return prog.DTYPE.I32
     if opcode == OPCODE.CONVERT:
         return prog.DTYPE.I8 if (slot == "src0") == (params[1] == CONVERT.DEQUANTIZE) else prog.DTYPE.F32
-    if flags & OP_FLAG.QUANT and (slot in ("src0", "src1") or (slot == "dst" and params[QSCALE_WORD])):
+    if flags & OP_FLAG.QUANT and (slot in ("src0", "src1") or (slot == "dst" and params[QSCALE_WORD])
+                                  or (slot == "dst" and opcode == OPCODE.POOL)):
         return prog.DTYPE.I8
     return prog.DTYPE.F32
 

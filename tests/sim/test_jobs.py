@@ -226,7 +226,7 @@ def op_records(draw, max_batch=3, mutate=True):
         big = st.sampled_from([0, 1, 7, 0x1000001, 0x7FFFFFFF, 0xFFFFFFFF])
         ref = op[draw(st.sampled_from(["src0", "src1", "src2", "dst", "src3"]))]
         if what == "opcode":
-            op["opcode"] = draw(st.sampled_from([0, max(prog.OPCODE) + 1, 0xFFFF, *SHAPES]))  # or another opcode's rules
+            op["opcode"] = draw(st.sampled_from([0, max(prog.OPCODE) + 1, 0xFFFF, *SHAPES]))  # or others' rules
         elif what == "act":
             op["act"] = draw(st.integers(len(prog.FUNC), 255))
         elif what == "flags":

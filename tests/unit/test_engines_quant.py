@@ -189,3 +189,27 @@ def test_quant_cycles_charge_a_quarter_of_the_float_array_time():
     qc, fc = run_op(q, a.segments), run_op(f, a.segments)
     epilogue = 64 + 64 * 64 // 16  # setup, then one vector pass: the bias, or the requant table
     assert (fc - epilogue) == 4 * (qc - epilogue)
+
+
+def test_int8_max_pool_keeps_the_stored_values():
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, (2, 5, 5, 3)).astype(np.int8)
+    a = Arena()
+    dst = a.out(2 * 3 * 3 * 3, dtype=I8)
+    op = make_op(OPCODE.POOL, (2, 5, 5, 3, 3, 3), a.put(x, dtype=I8), dst, flags=OP_FLAG.QUANT,
+                 params=(0, 2 | 2 << 16, 2 | 2 << 16, 1 | 1 << 16))  # MAX 2x2 stride 2, padding 1
+    run_op(op, a.segments)
+    xp = np.full((2, 6, 6, 3), -128, np.int64)
+    xp[:, 1:, 1:] = x
+    want = xp.reshape(2, 3, 2, 3, 2, 3).max(axis=(2, 4))
+    np.testing.assert_array_equal(a.get(dst, (2, 3, 3, 3)), want)
+
+
+@pytest.mark.parametrize(("change", "status"), [({"act": FUNC.RELU}, STATUS.OP_FUNC),
+                                                ({"kind": 1}, STATUS.OP_PARAM)])
+def test_int8_pool_is_max_without_act(change, status):
+    a = Arena()
+    op = make_op(OPCODE.POOL, (1, 4, 4, 2, 2, 2), a.put(np.zeros(32), dtype=I8), a.out(8, dtype=I8),
+                 flags=OP_FLAG.QUANT, act=change.get("act", 0),
+                 params=(change.get("kind", 0), 2 | 2 << 16, 2 | 2 << 16, 0))
+    assert refused(a, op)[0] == status

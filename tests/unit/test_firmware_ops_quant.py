@@ -89,3 +89,25 @@ def test_quant_op_checks(bus, case):
     op, status, info = CASES[case]
     assert run(bus, [unary(), op, unary()]) == (status, 1, info)
     assert len(bus.engine_ops) == 1  # the op before ran; the bad op and the ones after did not
+
+
+def quant_pool(**changes: int) -> object:
+    from firmware_bus import pool
+
+    op = mutate(pool(), flags=QUANT)
+    for slot in ("src0", "dst"):
+        op[slot]["dtype"], op[slot]["size"] = I8, int(op[slot]["size"]) // 4
+    return mutate(op, **changes)
+
+
+def test_int8_max_pool_runs(bus):
+    assert run(bus, [quant_pool()]) == (OK, hw.OP_NONE, 0)
+
+
+@pytest.mark.parametrize(("changes", "status", "info"), [
+    ({"act": prog.FUNC.RELU}, STATUS.OP_FUNC, prog.FUNC.RELU),
+    ({"params__0": prog.POOL.AVG}, STATUS.OP_PARAM, P(0)),
+    ({"dst__dtype": F32}, STATUS.OP_DTYPE, F32),
+])
+def test_int8_pool_is_max_without_act(bus, changes, status, info):
+    assert run(bus, [unary(), quant_pool(**changes), unary()]) == (status, 1, info)
