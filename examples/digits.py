@@ -3,8 +3,11 @@
 test set on the device and compare with jax.jit on the CPU.
 
     python3 examples/digits.py [--device sim|auto|/dev/flaxnpu0] [--save digits.fnpu] [--epochs N]
+                               [--model mlp|cnn] [--quantize int8]
 
-Exits non-zero when the NPU's accuracy differs from jax.jit's or its logits are off by more than 1e-4.
+Exits non-zero when the NPU's accuracy differs from jax.jit's or its logits are off by more than 1e-4;
+with --quantize int8 (calibrated on 512 training images), when its accuracy is more than one point
+from jax.jit's float32 accuracy.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from sklearn.model_selection import train_test_split
 import pyflaxnpu
 
 LOGIT_BOUND = 1e-4
+INT8_POINTS = 0.01  # int8 accuracy within one point of float
 
 
 class DigitsMLP(nn.Module):
@@ -35,6 +39,22 @@ class DigitsMLP(nn.Module):
         for width in self.hidden:
             x = nn.relu(nn.Dense(width)(x))
         return nn.Dense(10)(x)
+
+
+class DigitsCNN(nn.Module):
+    """8x8x1 images: conv, max pool, conv, avg pool, dense; int8 runs conv-pool-conv without a float step."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Conv(8, (3, 3))(x))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = nn.relu(nn.Conv(16, (3, 3))(x))
+        x = nn.avg_pool(x, (2, 2), (2, 2))
+        x = nn.relu(nn.Dense(32)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(10)(x)
+
+
+MODELS = {"mlp": (DigitsMLP, (64,), "MLP 64-128-64-10", 100), "cnn": (DigitsCNN, (8, 8, 1), "CNN 8c-16c-32-10", 30)}
 
 
 def load_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -83,18 +103,23 @@ def samples_per_second(fn: object, x: np.ndarray, min_time: float = 0.3) -> floa
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="sim", help="sim (default), auto, or a device node")
-    ap.add_argument("--epochs", type=int, default=100, help="training epochs (default 100)")
+    ap.add_argument("--epochs", type=int, help="training epochs (default 100 for the MLP, 30 for the CNN)")
     ap.add_argument("--save", metavar="PATH", help="also write the compiled program to PATH")
+    ap.add_argument("--model", choices=sorted(MODELS), default="mlp", help="the model to train (default mlp)")
+    ap.add_argument("--quantize", choices=["int8"], help="compile to int8, calibrated on 512 training images")
     args = ap.parse_args(argv)
 
-    x_train, x_test, y_train, y_test = load_data()
-    model = DigitsMLP()
+    cls, shape, what, epochs = MODELS[args.model]
+    args.epochs = args.epochs or epochs
+    x_train, x_test, y_train, y_test = (a.reshape(-1, *shape) if a.ndim == 2 else a for a in load_data())
+    model = cls()
     t0 = time.perf_counter()
     variables = train(model, x_train, y_train, args.epochs)
     t_train = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    program = pyflaxnpu.compile(model, variables, x_test[:1])
+    program = pyflaxnpu.compile(model, variables, x_test[:1], quantize=args.quantize,
+                                calibration=x_train[:512] if args.quantize else None)
     t_compile = time.perf_counter() - t0
     if args.save:
         program.save(args.save)
@@ -113,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     acc_ref = float((ref.argmax(1) == y_test).mean())
     err = float(np.abs(out - ref).max())
     m = program.manifest
-    print(f"digits: {len(x_train)} train / {len(x_test)} test samples; MLP 64-128-64-10 trained "
+    print(f"digits: {len(x_train)} train / {len(x_test)} test samples; {what} trained "
           f"{args.epochs} epochs in {t_train:.1f} s")
     print(f"compiled in {t_compile:.2f} s: {program.op_count} device ops, {m['weights_size']:,} B weights, "
           f"{m['arena_size']:,} B arena per sample; device {args.device}, firmware {fw}")
@@ -122,8 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     w = max(16, len(label))
     print(f"{'':{w}} {'accuracy':>9} {'samples/s':>12}")
     print(f"{'jax.jit (CPU)':{w}} {acc_ref:9.2%} {ref_rate:12,.0f}")
-    print(f"{label:{w}} {acc_npu:9.2%} {npu_rate:12,.0f}")
+    print(f"{label + (' int8' if args.quantize else ''):{w}} {acc_npu:9.2%} {npu_rate:12,.0f}")
     print()
+    if args.quantize:
+        ok = abs(acc_npu - acc_ref) <= INT8_POINTS
+        print(f"int8 accuracy {100 * (acc_npu - acc_ref):+.2f} points from float32 (bound ±{100 * INT8_POINTS:g}); "
+              f"max |NPU - jax.jit| over the logits {err:.3f}: {'OK' if ok else 'FAIL'}")
+        return 0 if ok else 1
     ok = acc_npu == acc_ref and err <= LOGIT_BOUND
     print(f"max |NPU - jax.jit| over the logits: {err:.2e} (bound {LOGIT_BOUND:g}): {'OK' if ok else 'FAIL'}")
     return 0 if ok else 1

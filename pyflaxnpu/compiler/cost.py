@@ -16,11 +16,11 @@ PER_ITEM_BATCH = 64
 
 
 def scaled_cycles(opcode: int, dims: Sequence[int], scale_mask: int, act: int, bias: bool, batch: int,
-                  params: Sequence[int] = (), residual: bool = False) -> int | None:
+                  params: Sequence[int] = (), residual: bool = False, quant: bool = False) -> int | None:
     """Cycles of one op in a job of `batch` items (dims with scale_mask bit i are multiplied by it);
     None for an opcode the model does not know."""
     used = tuple(d * batch if scale_mask >> i & 1 else d for i, d in enumerate(dims))
     try:
-        return op_cycles(opcode, used, act, bias, tuple(params), residual)
+        return op_cycles(opcode, used, act, bias, tuple(params), residual, quant)
     except ValueError:
         return None

@@ -16,7 +16,6 @@ from pyflaxnpu.program import Program
 PRODUCER = "pyflaxnpu 0.1.0"
 
 
-
 def emit(graph: Graph, plan: Plan, name: str) -> Program:
     full, graph = graph, partition.device_graph(graph)  # the op stream holds the NPU's ops only
     weights = _weights(graph)
@@ -40,6 +39,8 @@ def emit(graph: Graph, plan: Plan, name: str) -> Program:
                 _ref(d[slot], t, where)
         op_meta.append({"index": i, "opcode": op.opcode.name, "act": op.act.name, "module": op.prov.module,
                         "primitives": list(op.prov.primitives), "source": op.prov.source})
+        if op.quant or op.dst.buf.dtype == "int8":
+            op_meta[-1]["int8"] = True
     image = descs.tobytes() + bytes(ops_end - descs.nbytes) + bytes(blob)
     manifest: dict[str, Any] = {
         "format_version": [prog.ABI_MAJOR, prog.ABI_MINOR],
@@ -76,21 +77,24 @@ def _weights(graph: Graph) -> list[Buffer]:
     return list(seen.values())
 
 
+DTYPES = {"float32": prog.DTYPE.F32, "int32": prog.DTYPE.I32, "int8": prog.DTYPE.I8}
+
+
 def _ref(ref: np.void, t: Tensor, where: dict[int, tuple[int, int]]) -> None:
     seg, offset = where[id(t.buf)]
-    ref["seg"], ref["offset"], ref["size"] = seg, offset, 4 * t.size
-    ref["dtype"] = prog.DTYPE.I32 if t.buf.dtype == "int32" else prog.DTYPE.F32
+    ref["seg"], ref["offset"], ref["size"] = seg, offset, t.buf.itemsize * t.size
+    ref["dtype"] = DTYPES[t.buf.dtype]
     ref["flags"] = prog.REF_FLAG.SCALED if t.scaled else 0
 
 
 def _io(t: Tensor, name: str, where: dict[int, tuple[int, int]]) -> dict[str, Any]:
     return {"name": name, "shape": list(t.shape), "dtype": t.buf.dtype, "offset": where[id(t.buf)][1],
-            "size": 4 * math.prod(t.shape)}
+            "size": t.buf.itemsize * math.prod(t.shape)}
 
 
 def _tensor(buf: Buffer, where: dict[int, tuple[int, int]]) -> dict[str, Any]:
     seg, offset = where[id(buf)]
-    shape = list(buf.data.shape) if buf.data is not None else [buf.nbytes // 4]
+    shape = list(buf.data.shape) if buf.data is not None else [buf.nbytes // buf.itemsize]
     return {"name": buf.name, "shape": shape, "dtype": buf.dtype, "seg": seg, "offset": offset,
             "size": buf.nbytes, "scaled": buf.scaled}
 

@@ -26,8 +26,12 @@ class Buffer:
     name: str
     nbytes: int                      # per batch item unless kind == "weight"
     kind: Kind
-    data: np.ndarray | None = None   # float32 contents of a weight
-    dtype: str = "float32"           # "int32" only for token indices (GATHER's src0, the input)
+    data: np.ndarray | None = None   # contents of a weight (float32, or int8 once quantized)
+    dtype: str = "float32"           # "int32" for token indices (GATHER's src0, the input), "int8" when quantized
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
 
     @property
     def scaled(self) -> bool:
@@ -74,6 +78,7 @@ class Op:
     act: FUNC = FUNC.NONE
     params: list[int] = field(default_factory=list)
     bias: bool = False
+    quant: bool = False              # OP_FLAG.QUANT: int8 MATMUL/CONV2D (compiler/quantize.py)
 
     @property
     def residual(self) -> bool:
@@ -81,7 +86,8 @@ class Op:
 
     @property
     def flags(self) -> int:
-        return (OP_FLAG.BIAS if self.bias else 0) | (OP_FLAG.RESIDUAL if self.residual else 0)
+        return ((OP_FLAG.BIAS if self.bias else 0) | (OP_FLAG.RESIDUAL if self.residual else 0)
+                | (OP_FLAG.QUANT if self.quant else 0))
 
     def reads(self) -> list[Buffer]:
         return [t.buf for t in self.srcs if t is not None]

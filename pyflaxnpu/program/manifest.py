@@ -15,7 +15,7 @@ from flaxnpu_abi import prog
 from pyflaxnpu.errors import ProgramFormatError
 from pyflaxnpu.program.hostseg import check_segments
 
-DTYPES = {"float32": 4, "int32": 4}   # int32: token indices (GATHER)
+DTYPES = {"float32": 4, "int32": 4, "int8": 1}   # int32: token indices (GATHER); int8: quantized (1.2)
 _IO_KEYS = {"name": str, "shape": list, "dtype": str, "offset": int, "size": int}
 _TENSOR_KEYS = {**_IO_KEYS, "seg": int, "scaled": bool}
 _OP_KEYS = {"index": int, "opcode": str, "module": str, "primitives": list, "act": str}
@@ -138,6 +138,20 @@ def check_manifest(manifest: Any, version: tuple[int, int], image: bytes, op_cou
     for i, (meta, desc) in enumerate(zip(ops, descs, strict=True)):
         _op(i, meta, desc, extents)
     check_segments(manifest, op_count, extents)
+    _quantization(manifest)
+
+
+def _quantization(manifest: dict[str, Any]) -> None:
+    """The int8 compile's accuracy record (format 1.2), shown by the report: optional."""
+    q = manifest.get("quantization")
+    if q is None:
+        return
+    if not isinstance(q, dict) or not isinstance(q.get("outputs"), list):
+        raise _fail("quantization", "must be an object with an 'outputs' list")
+    for i, o in enumerate(q["outputs"]):
+        if not isinstance(o, dict) or not all(_is(o.get(k), float) or _is(o.get(k), int)
+                                              for k in ("max_abs_error", "rms_error", "float_rms")):
+            raise _fail(f"quantization.outputs[{i}]", "must give max_abs_error, rms_error and float_rms as numbers")
 
 
 def _op(i: int, meta: Any, desc: np.void, extents: dict[int, int]) -> None:

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 PER_ITEM_BATCH = 64  # the batch of the second "cycles" entry (compiler/cost.py)
 _RESIDUAL = int(getattr(prog.OP_FLAG, "RESIDUAL", 0x2))  # format 1.1
+_QUANT = int(getattr(prog.OP_FLAG, "QUANT", 0x4))  # format 1.2
+_I8 = int(prog.DTYPE.I8)
 
 
 def render(program: Program) -> str:
@@ -84,7 +86,22 @@ def render(program: Program) -> str:
         moved = sum(t["size"] for s in cpu for t in (*s["inputs"], *s["outputs"]))
         lines.append(f"          {len(cpu)} host segment{'s' * (len(cpu) > 1)}, {moved} B/item copied "
                      "between the device's memory and the CPU")
-    return "\n".join(lines)
+    return "\n".join(lines + _quantization(m))
+
+
+def _quantization(m: dict[str, Any]) -> list[str]:
+    """The int8 program against the float program on the calibration data (compile(quantize="int8"))."""
+    q = m.get("quantization")
+    if not q:
+        return []
+    lines = [f"  int8: {q.get('quantized_ops', '?')} ops quantized ({q.get('scheme', '?')}); against float32 on "
+             f"the {q.get('calibration_items', '?')} calibration items:"]
+    for o in q["outputs"]:
+        rel = o["rms_error"] / o["float_rms"] if o["float_rms"] else float("nan")
+        top1 = f", top-1 agrees on {100 * o['top1_agreement']:.2f} %" if "top1_agreement" in o else ""
+        lines.append(f"    {o.get('name', '?')}: max |error| {o['max_abs_error']:.4g}, rms error {o['rms_error']:.4g} "
+                     f"({100 * rel:.2f} % of the float rms){top1}")
+    return lines
 
 
 def _refs(desc: np.void) -> list[str]:
@@ -93,6 +110,10 @@ def _refs(desc: np.void) -> list[str]:
 
 def _kind(meta: dict[str, Any], desc: np.void) -> str:
     kind = meta["opcode"] + ("" if meta["act"] == "NONE" else f"+{meta['act']}")
+    if meta["opcode"] == "CONVERT":  # format 1.2
+        return kind + (" f32>i8" if int(desc["params"][1]) == 0 else " i8>f32")
+    if int(desc["flags"]) & _QUANT:
+        kind += " i8" if int(desc["dst"]["dtype"]) == _I8 else " i8>f32"
     if int(desc["flags"]) & prog.OP_FLAG.BIAS:
         kind += "+BIAS"
     if int(desc["flags"]) & _RESIDUAL:
