@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 
@@ -105,42 +104,41 @@ class NnxResNet(nnx.Module):
 
 # ---------------------------------------------------------------------------------------- transformer
 class LinenEncoder(nn.Module):
-    """Embed + learned positions, pre-LN attention and MLP blocks with residuals, LN, mean pool, Dense."""
+    """Embed + learned positions, pre-LN attention and MLP blocks with residuals, LN, mean pool, Dense.
+    causal: each token attends to itself and the tokens before it (a constant mask)."""
 
     length: int
     d: int = 32
     heads: int = 4
     vocab: int = 17
+    causal: bool = False
 
     @nn.compact
     def __call__(self, t: jax.Array) -> jax.Array:
         x = nn.Embed(self.vocab, self.d)(t) + self.param("pos", nn.initializers.normal(0.02), (self.length, self.d))
-        x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads)(nn.LayerNorm()(x))
+        mask = nn.make_causal_mask(t) if self.causal else None
+        x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads)(nn.LayerNorm()(x), mask=mask)
         x = x + nn.Dense(self.d)(nn.gelu(nn.Dense(2 * self.d)(nn.LayerNorm()(x))))
         return nn.Dense(10)(nn.LayerNorm()(x).mean(axis=1))
 
 
 class NnxEncoder(nnx.Module):
-    """The same encoder in nnx, with attention written out (einsum, softmax) over nnx.Linear heads."""
+    """The same encoder in nnx, with nnx.MultiHeadAttention."""
 
-    def __init__(self, length: int, d: int = 32, heads: int = 4, vocab: int = 17, seed: int = 0) -> None:
+    def __init__(self, length: int, d: int = 32, heads: int = 4, vocab: int = 17, causal: bool = False,
+                 seed: int = 0) -> None:
         rngs = nnx.Rngs(seed)
-        self.heads = heads
+        self.causal = causal
         self.emb = nnx.Embed(vocab, d, rngs=rngs)
         self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (length, d)))
         self.ln1, self.ln2, self.ln3 = (nnx.LayerNorm(d, rngs=rngs) for _ in range(3))
-        self.q, self.k, self.v = (nnx.Linear(d, d, rngs=rngs) for _ in range(3))
-        self.out = nnx.Linear(d, d, rngs=rngs)
+        self.att = nnx.MultiHeadAttention(heads, d, decode=False, rngs=rngs)
         self.up, self.down = nnx.Linear(d, 2 * d, rngs=rngs), nnx.Linear(2 * d, d, rngs=rngs)
         self.head = nnx.Linear(d, 10, rngs=rngs)
 
     def __call__(self, t: jax.Array) -> jax.Array:
         x = self.emb(t) + self.pos[...]
-        b, n, d = x.shape
-        h = self.ln1(x)
-        q, k, v = (f(h).reshape(b, n, self.heads, d // self.heads) for f in (self.q, self.k, self.v))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(d // self.heads).astype(jnp.float32)
-        att = jnp.einsum("bhqk,bkhd->bqhd", nnx.softmax(scores, axis=-1), v).reshape(b, n, d)
-        x = x + self.out(att)
+        mask = nnx.make_causal_mask(t) if self.causal else None
+        x = x + self.att(self.ln1(x), mask=mask)
         x = x + self.down(nnx.gelu(self.up(self.ln2(x))))
         return self.head(self.ln3(x).mean(axis=1))

@@ -156,15 +156,20 @@ class Lowering:
         return v
 
     def check_batch(self, eqn: core.JaxprEqn) -> None:
+        """Every result keeps the batch axis separate, with only axes of size 1 in front of it (the same
+        bytes as the batch axis first: vmap puts its axis there, e.g. in jax.nn.dot_product_attention)."""
         for var in eqn.outvars:
             shape = var.aval.shape
-            bad = [i for i, d in enumerate(shape) if export.is_symbolic_dim(d) and (i or d != self.traced.batch)]
+            sym = [i for i, d in enumerate(shape) if export.is_symbolic_dim(d)]
+            bad = [i for i in sym if i != sym[0] or shape[i] != self.traced.batch]
+            if sym and any(shape[i] != 1 for i in range(sym[0])):
+                bad.insert(0, sym[0])
             if bad:
                 raise self.error(
                     f"the result has shape {_fmt(shape)}, which mixes the batch axis into axis {bad[0]}; the "
                     "program keeps the batch axis leading and separate, so reshape per example, e.g. "
                     "x.reshape(x.shape[0], -1), and keep axis 0 in place")
-            if not shape or not export.is_symbolic_dim(shape[0]):
+            if not sym:
                 raise self.error(
                     f"the result has shape {_fmt(shape)} without the batch axis: it combines batch items "
                     "(e.g. a reduction or contraction over axis 0), which one program for every batch size "
@@ -287,8 +292,30 @@ def _fmt(shape: tuple[Any, ...]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
+def batch_axis(var: Any) -> int:
+    """Where a per-item value's batch axis is: 0, or behind axes of size 1 (Lowering.check_batch)."""
+    return next(i for i, d in enumerate(var.aval.shape) if export.is_symbolic_dim(d))
+
+
 def item_shape(var: Any) -> tuple[int, ...]:
-    return tuple(int(d) for d in var.aval.shape[1:])
+    """A per-item value's shape without its batch axis: the per-item tensor's shape (Tensor.shape)."""
+    p = batch_axis(var)
+    shape = var.aval.shape
+    return tuple(int(d) for d in (*shape[:p], *shape[p + 1:]))
+
+
+def item_axis(var: Any, axis: int) -> int:
+    """Axis `axis` of var's full shape (not its batch axis) as an axis of its per-item tensor."""
+    return axis - (axis > batch_axis(var))
+
+
+def require_batch_first(lw: Lowering, eqn: core.JaxprEqn) -> None:
+    """Rules whose parameters count axes with the batch axis at 0 (windows, gathers) refuse other layouts."""
+    for var in [*eqn.invars, *eqn.outvars]:
+        if isinstance(var, core.Var) and any(export.is_symbolic_dim(d) for d in var.aval.shape) \
+                and batch_axis(var) != 0:
+            raise lw.unsupported(f"an operand of shape {_fmt(var.aval.shape)} has axes in front of the batch "
+                                 "axis, which this operation cannot take on the NPU; keep the batch axis first")
 
 
 # ---------------------------------------------------------------------------------------- rules
@@ -375,12 +402,14 @@ def _broadcast_in_dim(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> lis
     if isinstance(v, Index) and math.prod(item_shape(eqn.outvars[0])) == math.prod(v.shape):
         return [Index(v.src, item_shape(eqn.outvars[0]), v.add, v.wrap)]   # the gather's trailing 1
     x = lw.tensor(v)
-    if not dims or dims[0] != 0:
-        raise lw.error("broadcast_in_dim moves the batch axis away from axis 0")
-    shape = item_shape(eqn.outvars[0])
+    src_var, out_var = eqn.invars[0], eqn.outvars[0]
+    if dims[batch_axis(src_var)] != batch_axis(out_var):
+        raise lw.error("broadcast_in_dim moves the batch axis behind an axis larger than 1")
+    shape = item_shape(out_var)
     e = [1] * len(shape)
-    for src_axis, d in enumerate(dims[1:]):
-        e[d - 1] = x.shape[src_axis]
+    for src_axis, d in enumerate(dims):
+        if src_axis != batch_axis(src_var):
+            e[item_axis(out_var, d)] = x.shape[item_axis(src_var, src_axis)]
     src = Tensor(x.buf, tuple(e))
     return [src if tuple(e) == shape else BView(src, shape)]
 
@@ -427,10 +456,13 @@ def lower(traced: Traced, host: Any = None) -> Graph:
     outs = lw.run(jaxpr.jaxpr, list(jaxpr.consts), [*params, x], source_info_util.new_name_stack(), None)
     lw.prov = Provenance("", None, ("output",))
     tensors = []
-    for i, v in enumerate(outs):
+    for i, (v, var) in enumerate(zip(outs, jaxpr.jaxpr.outvars, strict=True)):
         if isinstance(v, Const):
             raise CompileError(f"output {i} of {traced.name} does not depend on the input; return only "
                                "values computed from the input (constants can be added on the host)")
+        if batch_axis(var):   # the runtime returns [batch, *per-item shape]: jax's shape only with batch first
+            raise CompileError(f"output {i} of {traced.name} has shape {_fmt(var.aval.shape)}: program outputs "
+                               f"keep the batch axis first; return jnp.moveaxis(y, {batch_axis(var)}, 0)")
         tensors.append(lw.tensor(v))
     graph = Graph(lw.ops, x, tensors, traced.out_tree, traced.name)
     place_outputs(graph, lw)

@@ -13,10 +13,23 @@ import struct
 from collections.abc import Sequence
 
 import numpy as np
+from flaxnpu_abi.prog import BINOP
 from jax.extend import core
 
 from pyflaxnpu.compiler.ir import OPCODE, POOL_AVG, POOL_MAX, REDUCE, Tensor
-from pyflaxnpu.compiler.lower import Const, Index, Lowering, Rule, Scaled, Value, _as_index, item_shape
+from pyflaxnpu.compiler.lower import (
+    Const,
+    Index,
+    Lowering,
+    Rule,
+    Scaled,
+    Value,
+    _as_index,
+    batch_axis,
+    item_axis,
+    item_shape,
+    require_batch_first,
+)
 
 
 def f32_bits(x: float) -> int:
@@ -40,7 +53,7 @@ def dot_general(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Valu
         raise lw.unsupported("dot_general with batch dimensions over weights is not supported: the NPU's "
                        "MATMUL shares one weight matrix across rows; split the batched weights per slice")
     x = lw.tensor(lhs)
-    contract = [a - 1 for a in lc]
+    contract = [item_axis(eqn.invars[0], a) for a in lc]
     free = [a for a in range(len(x.shape)) if a not in contract]
     x = lw.permute(x, [*free, *contract])   # a view when the contracted axes already trail, in order
     w = np.asarray(rhs.value)
@@ -57,11 +70,16 @@ def dot_general(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Valu
 def _bmm(lw: Lowering, eqn: core.JaxprEqn, x: Tensor, y: Tensor) -> list[Value]:
     """Both operands depend on the input (attention): BMM over [B', M, K] x [B', K, N] per item."""
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
-    if not lb or lb[0] != 0 or rb[0] != 0:
-        raise lw.unsupported("contracts two per-item tensors without pairing their batch axes (axis 0 of both "
-                       "as the first batch dimension); compute per example, e.g. with jnp.einsum('b...')")
-    bx, by = [a - 1 for a in lb[1:]], [a - 1 for a in rb[1:]]
-    cx, cy = [a - 1 for a in lc], [a - 1 for a in rc]
+    vx, vy = eqn.invars
+    pair = [i for i, (a, b) in enumerate(zip(lb, rb, strict=True)) if (a, b) == (batch_axis(vx), batch_axis(vy))]
+    if not pair:
+        raise lw.unsupported("contracts two per-item tensors without pairing their batch axes (the batch axis "
+                             "of both as a batch dimension); compute per example, e.g. with jnp.einsum('b...')")
+    # The result's batch axis sits at the pair's place among the batch dimensions (behind axes of size 1,
+    # check_batch); the other batch dimensions, in order, are BMM's B.
+    bx = [item_axis(vx, a) for i, a in enumerate(lb) if i != pair[0]]
+    by = [item_axis(vy, a) for i, a in enumerate(rb) if i != pair[0]]
+    cx, cy = [item_axis(vx, a) for a in lc], [item_axis(vy, a) for a in rc]
     fx = [a for a in range(len(x.shape)) if a not in bx + cx]
     fy = [a for a in range(len(y.shape)) if a not in by + cy]
     bsz = math.prod(x.shape[a] for a in bx)
@@ -90,14 +108,17 @@ def _is_view(shape: Sequence[int], perm: list[int]) -> bool:
 
 def transpose(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
     full = eqn.params["permutation"]
-    if full[0] != 0:
+    src, out = eqn.invars[0], eqn.outvars[0]
+    if full[batch_axis(out)] != batch_axis(src):
         raise lw.unsupported(f"permutation {full} moves the batch axis; keep axis 0 in place")
-    return [lw.permute(lw.tensor(ins[0]), [p - 1 for p in full[1:]])]
+    # Moving the batch axis across axes of size 1 (vmap's layouts) moves no data: only the others count.
+    return [lw.permute(lw.tensor(ins[0]), [item_axis(src, p) for i, p in enumerate(full) if i != batch_axis(out)])]
 
 
 # ---------------------------------------------------------------------------------------- conv, pool
 def conv(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
     p = eqn.params
+    require_batch_first(lw, eqn)
     if not isinstance(ins[1], Const):
         raise lw.unsupported("the convolution kernel depends on the input; CONV2D takes its kernel from the "
                        "weights (parameters)")
@@ -140,6 +161,7 @@ def pool(kind: int) -> Rule:
     which avg_pool's division then cancels."""
     def rule(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
         p = eqn.params
+        require_batch_first(lw, eqn)
         x = lw.tensor(ins[0])
         win, stride, pads = list(p["window_dimensions"]), list(p["window_strides"]), list(p["padding"])
         n = len(win)
@@ -178,7 +200,7 @@ def reduce(kind: REDUCE) -> Rule:
     anything else -> TRANSPOSE the reduced axes last, then REDUCE."""
     def rule(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
         x = lw.tensor(ins[0])
-        axes = sorted(a - 1 for a in eqn.params["axes"])  # check_batch already refused axis 0
+        axes = sorted(item_axis(eqn.invars[0], a) for a in eqn.params["axes"])  # never the batch axis (check_batch)
         n = len(x.shape)
         out_shape = item_shape(eqn.outvars[0])
         pool_kind = {REDUCE.SUM: POOL_AVG, REDUCE.MAX: POOL_MAX}.get(kind)
@@ -211,10 +233,29 @@ def select_n(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
             and all(isinstance(c, Index) and c.src.buf is pred.src.buf for c in cases)
             and cases[0].add == 0 and cases[1].add > 0):  # type: ignore[union-attr]
         return [Index(pred.src, pred.shape, wrap=cases[1].add)]  # type: ignore[union-attr]
-    raise lw.unsupported("a select (jnp.where) on the device: the NPU has no select op; compute it on the host")
+    if isinstance(pred, Const) and np.asarray(pred.value).dtype == bool and len(cases) == 2 \
+            and sum(isinstance(c, Const) for c in cases) == 1:
+        return [_masked(lw, eqn, np.asarray(pred.value), cases)]
+    raise lw.unsupported("a select (jnp.where) on the device: the NPU has no select op and runs jnp.where(mask, "
+                         "x, fill) only with a constant mask and fill (an attention mask); compute it on the host")
+
+
+def _masked(lw: Lowering, eqn: core.JaxprEqn, pred: np.ndarray, cases: list[Value]) -> Value:
+    """jnp.where(mask, x, fill) with a constant mask and fill (attention masks, causal or fixed): x clamped
+    into [lo, hi], lo = hi = fill where the fill is chosen and (-inf, inf) where x is. Exact for every x
+    but NaN, in two BINARY ops, where x * mask + fill * (1 - mask) would turn an infinite x into NaN."""
+    k = 0 if isinstance(cases[0], Const) else 1
+    fill, x = cases[k], cases[1 - k]
+    assert isinstance(fill, Const)
+    take_x, value = np.broadcast_arrays(pred != (k == 1), np.asarray(fill.value, np.float32))  # select_n: case[pred]
+    hi = Const(np.where(take_x, np.inf, value).astype(np.float32), fill.name)
+    lo = Const(np.where(take_x, -np.inf, value).astype(np.float32), fill.name)
+    shape = item_shape(eqn.outvars[0])
+    return lw.binary(BINOP.MAX, lw.binary(BINOP.MIN, x, hi, shape), lo, shape)
 
 
 def gather(lw: Lowering, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
+    require_batch_first(lw, eqn)
     table, idx = ins[0], _as_index(ins[1])
     dn, p = eqn.params["dimension_numbers"], eqn.params
     if not isinstance(table, Const) or not isinstance(idx, Index):

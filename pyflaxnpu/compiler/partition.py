@@ -29,7 +29,7 @@ from jax.extend import core
 
 from pyflaxnpu.compiler import cost
 from pyflaxnpu.compiler.ir import Buffer, Graph, Op, Provenance, Tensor
-from pyflaxnpu.compiler.lower import BView, Const
+from pyflaxnpu.compiler.lower import BView, Const, batch_axis, item_shape
 from pyflaxnpu.errors import CompileError
 
 FALLBACKS = ("auto", "error")
@@ -134,12 +134,12 @@ class HostLowering:
                 specs.append(ConstIn(np.asarray(v.value), aval))
                 continue
             t = v.src if isinstance(v, BView) else v
-            target = tuple(int(d) for d in aval.shape[1:])
+            target = item_shape(atom)
             specs.append(TensorIn(len(srcs), tuple(t.shape), target))
             srcs.append(Tensor(t.buf, t.shape))
         outs = []
         for var in eqn.outvars:
-            shape = tuple(int(d) for d in var.aval.shape[1:])
+            shape = item_shape(var)
             dt = np.dtype(var.aval.dtype)
             buf = HostBuffer(lw._label(), dt.itemsize * math.prod(shape), "act", dtype=dt.name)
             outs.append(Tensor(buf, shape))
@@ -154,10 +154,13 @@ _AXIS_PARAMS = ("axis", "axes", "dimension", "dimensions")
 def _check_axes(lw: Any, eqn: core.JaxprEqn) -> None:
     """Refuse an equation that works along the batch axis without changing shapes (sort or cumsum over
     axis 0): the runtime splits large batches into jobs, so its result would depend on the split."""
+    var = next((a for a in eqn.invars if isinstance(a, core.Var) and any(map(export.is_symbolic_dim, a.aval.shape))),
+               None)
+    batch = 0 if var is None else batch_axis(var)
     for key in _AXIS_PARAMS:
         v = eqn.params.get(key)
         axes = v if isinstance(v, (tuple, list)) else (v,)
-        if any(isinstance(a, int) and not isinstance(a, bool) and a == 0 for a in axes):
+        if any(isinstance(a, int) and not isinstance(a, bool) and a == batch for a in axes):
             raise lw.error(f"works along the batch axis ({key}={v}); one program runs every batch size in "
                            "jobs of any size, so compute it per example (e.g. axis=-1), or on the host after "
                            "the model")
@@ -244,7 +247,7 @@ def _export(op: HostOp, batch: Any) -> bytes:
         env: dict[int, Any] = {id(buf): a for buf, a in zip(inputs, args, strict=True)}
         for step in op.steps:
             vals = []
-            for spec in step.ins:
+            for atom, spec in zip(step.eqn.invars, step.ins, strict=True):
                 if isinstance(spec, ConstIn):
                     v = jnp.asarray(spec.value, dtype=spec.aval.dtype)
                     if v.shape != spec.aval.shape:
@@ -253,6 +256,8 @@ def _export(op: HostOp, batch: Any) -> bytes:
                     v = env[id(step.srcs[spec.src].buf)].reshape((batch, *spec.shape))
                     if spec.shape != spec.target:
                         v = jnp.broadcast_to(v, (batch, *spec.target))
+                    if batch_axis(atom):   # axes of size 1 in front of the batch axis: the same bytes
+                        v = v.reshape([batch if export.is_symbolic_dim(d) else d for d in atom.aval.shape])
                 vals.append(v)
             # What jax's own eval_jaxpr does with an equation (older jax also returned sub-functions).
             params = step.eqn.primitive.get_bind_params(step.eqn.params)

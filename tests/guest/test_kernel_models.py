@@ -100,6 +100,32 @@ def test_nnx_mlp_through_the_driver(kdev):
     save("nnx_mlp", program, [x], [y])
 
 
+class SmallCNN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.max_pool(nn.relu(nn.Conv(4, (3, 3))(x)), (2, 2), (2, 2))
+        x = nn.relu(nn.Conv(8, (3, 3))(x))
+        return nn.Dense(5)(x.reshape(x.shape[0], -1))
+
+
+def test_int8_cnn_through_the_driver(kdev):
+    """Format 1.2's int8 ops (QUANT conv, int8 max pool, CONVERT) through the driver: close to float32,
+    and replayed byte for byte on the host (integer products and elementwise float32 are exact anywhere)."""
+    module = SmallCNN()
+    rng = np.random.default_rng(2)
+    calib = rng.standard_normal((32, 6, 6, 2), dtype=np.float32)
+    variables = module.init(jax.random.PRNGKey(3), calib[:1])
+    program = pyflaxnpu.compile(module, variables, calib[:1], quantize="int8", calibration=calib)
+    assert any(int(op["flags"]) & prog.OP_FLAG.QUANT for op in program.ops)
+    xs = [rng.standard_normal((b, 6, 6, 2), dtype=np.float32) for b in (1, 17)]
+    model = kdev.load(program)
+    ys = [model(x) for x in xs]
+    for x, y in zip(xs, ys, strict=True):
+        want = np.asarray(module.apply(variables, x))
+        assert np.sqrt(np.mean((y - want) ** 2)) < 0.05 * np.sqrt(np.mean(want ** 2))
+    save("int8_cnn", program, xs, ys)
+
+
 def test_second_device_works_too():
     program, ref = linen_program(3)
     x = np.random.default_rng(3).standard_normal((7, 24), dtype=np.float32)

@@ -80,6 +80,8 @@ class Fn(nn.Module):
     (lambda x: jnp.where(x > 0, x, 2 * x), "gt"),
     (lambda x: x @ x.T, "batch axis"),
     (lambda x: jnp.argmax(x, axis=-1), "argmax"),
+    (lambda x: jnp.broadcast_to(x, (2, *x.shape)), "mixes the batch axis into axis 1"),
+    (lambda x: x[None], r"shape \(1, b, 6\): program outputs keep the batch axis first"),
 ])
 def test_batch_mixing_and_unsupported_layouts_are_refused(fn, words):
     m = Fn(fn)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from flaxnpu_abi import cycles, prog
 from flaxnpu_sim.engines import run_op
 from flaxnpu_sim.memory import AnonymousMemory
@@ -124,6 +125,31 @@ def test_single_fallbacks_match_jax(fn):
     for batch in (1, 37):
         x = np.random.default_rng(batch).standard_normal((batch, 5), dtype=np.float32)
         np.testing.assert_allclose(run_mixed(program, x), np.asarray(ref(x)), rtol=1e-5, atol=1e-5)
+
+
+class PaddedAttention(nnx.Module):
+    """nnx.MultiHeadAttention with a padding mask computed from the input: the comparison and the select
+    run on the CPU, on values with a size-1 axis in front of the batch axis (the layout of
+    jax.nn.dot_product_attention's vmap), the projections, scores and softmax on the NPU."""
+
+    def __init__(self) -> None:
+        self.att = nnx.MultiHeadAttention(2, 6, decode=False, rngs=nnx.Rngs(0))
+
+    def __call__(self, x):
+        keep = x[..., 0] > -0.5
+        return self.att(x, mask=nnx.make_attention_mask(keep, keep))
+
+
+def test_attention_with_a_padding_mask_from_the_input_matches_jax():
+    model = PaddedAttention()
+    program = compile(model, None, np.ones((1, 7, 6), np.float32))
+    npu = [prog.OPCODE(int(op["opcode"])).name for op in program.ops]
+    assert npu.count("BMM") == 2 and npu.count("SOFTMAX") == 1, npu
+    cpu = {e["primitive"] for s in program.manifest["segments"] if s["kind"] == "cpu" for e in s["eqns"]}
+    assert {"gt", "select_n"} <= cpu, cpu
+    for batch in (1, 5):
+        x = np.random.default_rng(batch).standard_normal((batch, 7, 6), dtype=np.float32)
+        np.testing.assert_allclose(run_mixed(program, x), np.asarray(model(x)), rtol=1e-4, atol=1e-5)
 
 
 def test_rule_refusal_reason_is_recorded():
