@@ -24,6 +24,9 @@ from .errors import EngineError, SegmentError
 from .funcs import BINOPS, REDUCES, apply_func
 from .mmu import Segments
 
+# plain ints: IntFlag arithmetic costs microseconds per op in the engines' hot path
+_BIAS, _QUANT, _RESIDUAL = int(OP_FLAG.BIAS), int(OP_FLAG.QUANT), int(OP_FLAG.RESIDUAL)
+_WRITE, _READ = int(SEG_FLAG.WRITE), int(SEG_FLAG.READ)
 F32 = np.dtype("<f4")
 I32 = np.dtype("<i4")
 I8 = np.dtype("i1")
@@ -46,11 +49,11 @@ class Plan:
 
     @property
     def bias(self) -> bool:
-        return bool(self.flags & OP_FLAG.BIAS)
+        return bool(self.flags & _BIAS)
 
     @property
     def quant(self) -> bool:
-        return bool(self.flags & OP_FLAG.QUANT)
+        return bool(self.flags & _QUANT)
 
     def dtype(self, slot: str) -> np.dtype:
         return _NP[op_rules.dtype_of(self.opcode, slot, self.flags, self.params)]
@@ -66,9 +69,9 @@ def _check_header(op: np.void) -> tuple[OPCODE, int, int]:
         raise EngineError(STATUS.OP_FUNC, act, f"unknown act {act}")
     if flags & ~op_rules.RULES[opcode].flags:
         raise EngineError(STATUS.OP_FLAGS, flags, f"op flags 0x{flags:x} not allowed on {opcode.name}")
-    if flags & OP_FLAG.QUANT and flags & OP_FLAG.BIAS:
+    if flags & _QUANT and flags & _BIAS:
         raise EngineError(STATUS.OP_FLAGS, flags, "QUANT's requant table holds the bias: BIAS must be clear")
-    if flags & OP_FLAG.QUANT and opcode == OPCODE.POOL:  # max commutes with the scale; nothing else does
+    if flags & _QUANT and opcode == OPCODE.POOL:  # max commutes with the scale; nothing else does
         if act != FUNC.NONE:
             raise EngineError(STATUS.OP_FUNC, act, f"an int8 POOL takes no act, got {FUNC(act).name}")
         if int(op["params"][0]) != POOL.MAX:
@@ -109,7 +112,7 @@ def check_op(op: np.void, segments: Segments) -> Plan:
         if rflags:
             raise EngineError(STATUS.OP_FLAGS, rflags, f"{slot} flags 0x{rflags:x} (SCALED is resolved by firmware)")
         try:
-            segments.check(seg, off, size, SEG_FLAG.WRITE if slot == "dst" else SEG_FLAG.READ)
+            segments.check(seg, off, size, _WRITE if slot == "dst" else _READ)
         except SegmentError as e:
             raise EngineError(e.status, e.info, f"{slot}: {e}") from None
         want = math.prod(shapes[slot]) * op_rules.ITEMSIZE[want_dtype]
@@ -181,7 +184,7 @@ def _compute(plan: Plan, segments: Segments) -> tuple[np.ndarray, list[np.ndarra
                 out = REDUCES[plan.params[0]](x, axis=1)
         else:
             out = _compute_new(plan, s)
-        if plan.flags & OP_FLAG.RESIDUAL:
+        if plan.flags & _RESIDUAL:
             out = out + s["src3"]
     if out.dtype == I8:
         return out, list(s.values())
@@ -211,5 +214,5 @@ def run_op(op: np.void | bytes, segments: Segments) -> int:
         out = out.copy()
     seg, off = plan.refs["dst"]
     segments.write_array(seg, off, out)
-    return op_cycles(plan.opcode, plan.dims, plan.act, plan.bias, plan.params, bool(plan.flags & OP_FLAG.RESIDUAL),
+    return op_cycles(plan.opcode, plan.dims, plan.act, plan.bias, plan.params, bool(plan.flags & _RESIDUAL),
                      plan.quant)

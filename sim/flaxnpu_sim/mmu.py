@@ -18,9 +18,11 @@ from flaxnpu_abi.hw import SEG_FLAG, STATUS
 from .errors import SegmentError
 from .memory import HostMemory
 
+# plain ints: IntFlag arithmetic costs microseconds per op in the engines' hot path
+_PAGES, _READ, _WRITE = int(SEG_FLAG.PAGES), int(SEG_FLAG.READ), int(SEG_FLAG.WRITE)
 # Plain ints: ~ of an IntFlag complements within its members only, which would hide unknown bits.
-_KNOWN_FLAGS = int(SEG_FLAG.READ | SEG_FLAG.WRITE | SEG_FLAG.PAGES)
-_RIGHTS = int(SEG_FLAG.READ | SEG_FLAG.WRITE)
+_KNOWN_FLAGS = _READ | _WRITE | _PAGES
+_RIGHTS = _READ | _WRITE
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def parse_table(memory: HostMemory, table: int, count: int) -> tuple[list[Segmen
             raise SegmentError(STATUS.SEG_FLAGS, i, f"segment {i}: flags 0x{flags:x}, reserved {e['reserved']}")
         if size == 0:
             raise SegmentError(STATUS.SEG_SIZE, i, f"segment {i} is empty")
-        if not flags & SEG_FLAG.PAGES:
+        if not flags & _PAGES:
             if not memory.contains(addr, size):
                 raise SegmentError(STATUS.SEG_SIZE, i, f"segment {i} [0x{addr:x}, +0x{size:x}) leaves host memory")
             segs.append(Segment(size, SEG_FLAG(flags), (Extent(0, addr, size),)))
@@ -136,12 +138,12 @@ class Segments:
         return out
 
     def read(self, seg: int, off: int, n: int) -> bytes:
-        s = self.check(seg, off, n, SEG_FLAG.READ)
+        s = self.check(seg, off, n, _READ)
         return b"".join(bytes(v) for v in self._pieces(s, int(off), int(n)))
 
     def write(self, seg: int, off: int, data: bytes | bytearray | memoryview) -> None:
         src = memoryview(data).cast("B")
-        s = self.check(seg, off, len(src), SEG_FLAG.WRITE)
+        s = self.check(seg, off, len(src), _WRITE)
         pos = 0
         for v in self._pieces(s, int(off), len(src)):
             v[:] = src[pos:pos + len(v)]
@@ -152,7 +154,7 @@ class Segments:
         contiguous, a gathered copy otherwise."""
         dt = np.dtype(dtype)
         n = int(count) * dt.itemsize
-        s = self.check(seg, off, n, SEG_FLAG.READ)
+        s = self.check(seg, off, n, _READ)
         pieces = self._pieces(s, int(off), n)
         if len(pieces) == 1:
             arr = np.frombuffer(pieces[0], dt, int(count))

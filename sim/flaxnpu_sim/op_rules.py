@@ -18,8 +18,10 @@ from flaxnpu_abi.prog import BCAST, BINOP, CONVERT, FUNC, OP_FLAG, OPCODE, POOL,
 
 from .errors import EngineError
 
+# plain ints: IntFlag arithmetic costs microseconds per op in the engines' hot path
+_QUANT, _BIAS, _RESIDUAL = int(OP_FLAG.QUANT), int(OP_FLAG.BIAS), int(OP_FLAG.RESIDUAL)
 MAX_RANK = 6
-FUSED = int(OP_FLAG.BIAS | OP_FLAG.RESIDUAL | OP_FLAG.QUANT)  # int(): ~IntFlag keeps only the named bits
+FUSED = _BIAS | _RESIDUAL | _QUANT
 
 
 def f32(bits: int) -> float:
@@ -67,7 +69,7 @@ def _scale_ok(v: int, p: tuple[int, ...]) -> bool:
 
 
 def _qscale_ok(v: int, p: tuple[int, ...], flags: int) -> bool:
-    return v == 0 or (bool(flags & OP_FLAG.QUANT) and _scale_ok(v, p))
+    return v == 0 or (bool(flags & _QUANT) and _scale_ok(v, p))
 
 
 ParamRule = Callable[[int, tuple[int, ...]], bool]
@@ -179,11 +181,11 @@ def shapes(opcode: OPCODE, dims: tuple[int, ...], params: tuple[int, ...], flags
         axes = perm(params[0], len(dims))
         out = {"src0": dims, "dst": tuple(dims[a] for a in axes)}
     if opcode in (OPCODE.MATMUL, OPCODE.CONV2D):
-        if flags & OP_FLAG.QUANT:
+        if flags & _QUANT:
             out["src2"] = (2, *out["src2"])  # the requant table: scale row, bias row
-        elif not flags & OP_FLAG.BIAS:
+        elif not flags & _BIAS:
             del out["src2"]
-        if flags & OP_FLAG.RESIDUAL:
+        if flags & _RESIDUAL:
             out["src3"] = out["dst"]
     return out
 
@@ -195,7 +197,7 @@ def dtype_of(opcode: int, slot: str, flags: int = 0, params: tuple[int, ...] = (
         return prog.DTYPE.I32
     if opcode == OPCODE.CONVERT:
         return prog.DTYPE.I8 if (slot == "src0") == (params[1] == CONVERT.DEQUANTIZE) else prog.DTYPE.F32
-    if flags & OP_FLAG.QUANT and (slot in ("src0", "src1") or (slot == "dst" and params[QSCALE_WORD])
+    if flags & _QUANT and (slot in ("src0", "src1") or (slot == "dst" and params[QSCALE_WORD])
                                   or (slot == "dst" and opcode == OPCODE.POOL)):
         return prog.DTYPE.I8
     return prog.DTYPE.F32
