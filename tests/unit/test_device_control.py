@@ -16,7 +16,7 @@ def rig():
 def test_identity_registers_after_power_on(rig):
     r = rig.regs
     assert r.read(Reg.MAGIC) == hw.SIGNATURE and r.read(Reg.ABI_VERSION) == ABI
-    assert r.read(Reg.CAPS) == 0b1111_1111_1110 and r.read(Reg.DEVICE_PEER) == 7  # opcodes 1..11 (format 1.1)
+    assert r.read(Reg.CAPS) == 0b1_1111_1111_1110 and r.read(Reg.DEVICE_PEER) == 7  # opcodes 1..12 (format 1.2)
     assert rig.state == STATE.OFF and rig.error == (0, 0)
 
 
