@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from flaxnpu_abi import prog
 
-from ..errors import JobError
+from ..errors import DeviceError, JobError
 
 if TYPE_CHECKING:
     from ..program import Program
@@ -47,6 +48,19 @@ class BatchedModel:
         per_item = self._arena_item + self._in_item + self._out_item
         self.max_batch = max_batch or max(1, min(MAX_JOB_BATCH, JOB_MEMORY_BUDGET // max(per_item, 1)))
         self.last_cycles = 0
+
+    def _check_caps(self, caps: int, device: str) -> None:
+        """Refuse, at load time, a program with opcodes the device's engines lack (its CAPS register): a
+        newer program on an older device would otherwise fail mid-job with OP_OPCODE."""
+        used = {int(op) for op in np.unique(self.program.ops["opcode"])} if self.program.op_count else set()
+        missing = sorted(op for op in used if not caps >> op & 1)
+        if missing:
+            names = ", ".join(prog.OPCODE(op).name if op in prog.OPCODE._value2member_map_ else str(op)
+                              for op in missing)
+            major, minor = self.program.version
+            raise DeviceError(f"this program (format {major}.{minor}) uses {names}, which the NPU behind {device} "
+                              f"does not have (CAPS 0x{caps:x}): run it on a device with newer engines, or "
+                              "recompile it for this one (CONVERT comes with quantize='int8')")
 
     def _check_inputs(self, xs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
         if len(xs) != len(self.inputs):

@@ -102,6 +102,7 @@ class KernelModel(BatchedModel):
     def __init__(self, dev: KernelDevice, program: Program, max_batch: int | None) -> None:
         self.dev = dev
         super().__init__(program, max_batch)
+        self._check_caps(int(dev._info()["caps"]), dev.path)
         self._segments = host.plan(program)  # imports jax only when the program has host segments
         if any(s.kind == "npu" and (s.first, s.last) != (0, program.op_count) for s in self._segments):
             dev.require_uapi_minor(OP_RANGE_MINOR, "this program runs part of the model on the CPU (host "

@@ -26,6 +26,7 @@ class LoadedModel(BatchedModel):
 
     def __init__(self, driver: UserDriver, program: Program, *, max_batch: int | None = None) -> None:
         super().__init__(program, max_batch)
+        self._check_caps(driver.regs.read(hw.Reg.CAPS), "this device")
         self.driver = driver
         alloc = driver.alloc
         self._buffers: list[DmaBuffer] = []

@@ -200,3 +200,20 @@ def test_nothing_to_quantize_is_named():
     with pytest.raises(CompileError, match="nothing to quantize"):
         pyflaxnpu.compile(Elementwise(), {}, np.ones((1, 5), np.float32), quantize="int8",
                           calibration=np.ones((3, 5), np.float32))
+
+
+def test_device_without_int8_engines_refuses_the_program_at_load():
+    from flaxnpu_abi.hw import Reg
+
+    model = Dense()
+    variables = perturb(model.init(jax.random.key(0), jnp.ones((1, 13))))
+    calib = sample(20, (13,))
+    q8 = pyflaxnpu.compile(model, variables, calib[:1], quantize="int8", calibration=calib)
+    fp = pyflaxnpu.compile(model, variables, calib[:1])
+    with pyflaxnpu.open("sim") as dev:
+        regs = dev.driver.regs
+        regs.write(Reg.CAPS, regs.read(Reg.CAPS) & ~(1 << OPCODE.CONVERT))  # an engine set from before 1.2
+        with pytest.raises(pyflaxnpu.DeviceError, match=r"format 1\.2\) uses CONVERT"):
+            dev.load(q8)
+        # the float32 program needs no CONVERT and still runs
+        np.testing.assert_allclose(dev.load(fp)(calib), model.apply(variables, calib), rtol=1e-5, atol=1e-5)
