@@ -1,6 +1,7 @@
 """The `flaxnpu` command: inspect programs and devices, run a program on an input file.
 
     flaxnpu info [--device sim]                       boot the device and print what it reports
+    flaxnpu compile FILE.py:NAME --input-shape 8,8,1  compile a Flax model from its factory [-o OUT.fnpu]
     flaxnpu report MODEL.fnpu                         the program's ops, module paths and sizes
     flaxnpu run MODEL.fnpu INPUT.npy [-o OUT.npy]     run one input array (leading batch axis)
     flaxnpu vm [--npus N] -- CMD ARGS...              run CMD in a QEMU guest with N NPUs and the driver
@@ -14,6 +15,7 @@ import sys
 import numpy as np
 
 from . import FlaxNpuError, Program, open
+from .compile_cli import add_parser as add_compile_parser
 from .vm.cli import add_parser as add_vm_parser
 
 
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("info", help="boot a device and print its state, firmware and counters")
     p.add_argument("--device", default="auto")
     p.set_defaults(fn=cmd_info)
+    add_compile_parser(sub)
     p = sub.add_parser("report", help="print a program's ops, Flax module paths and sizes")
     p.add_argument("program")
     p.set_defaults(fn=cmd_report)
