@@ -299,7 +299,7 @@ def annotate(manifest: dict[str, Any], graph: Graph, device: Graph, plan: Any) -
         meta["shape"] = list(op.dst.shape)
         meta["activation_bytes"] = op.dst.buf.nbytes
         meta["cycles"] = [cost.scaled_cycles(int(op.opcode), list(op.dims), 1, int(op.act), op.bias, b,
-                                             list(op.params), op.residual)
+                                             list(op.params), op.residual, op.quant)
                           for b in (1, cost.PER_ITEM_BATCH)]
     if not any(is_host(op) for op in graph.ops):
         return
