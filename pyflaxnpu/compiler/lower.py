@@ -134,6 +134,10 @@ class Lowering:
             f"unsupported primitive '{self.prov.primitives[-1]}'{self.where()}: {problem}")
 
     def fold(self, eqn: core.JaxprEqn, ins: list[Value]) -> list[Value]:
+        if eqn.primitive.name == "dim_as_value":  # jnp.mean over the batch axis divides by the batch size
+            raise self.error("uses the batch size as a value (a mean over the batch axis, or x.shape[0] in "
+                             "arithmetic); one program runs every batch size in jobs of any size, so compute "
+                             "it per example (e.g. axis=-1), or on the host after the model")
         params = {k: self._concrete(v) for k, v in eqn.params.items()}
         out = eqn.primitive.bind(*[c.value for c in ins if isinstance(c, Const)], **params)
         outs = out if eqn.primitive.multiple_results else [out]

@@ -75,6 +75,8 @@ class Fn(nn.Module):
     (lambda x: x.reshape(-1), "mixes the batch axis"),
     (lambda x: x.sum(axis=0), "without the batch axis"),
     (lambda x: x.mean(), "batch"),
+    (lambda x: x - x.mean(axis=0), "uses the batch size as a value"),
+    (lambda x: x * x.shape[0], "uses the batch size as a value"),
     (lambda x: x.T, "batch axis"),
     (lambda x: x[:, :3], "gather"),
     (lambda x: jnp.where(x > 0, x, 2 * x), "gt"),
