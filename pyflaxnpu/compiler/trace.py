@@ -22,6 +22,7 @@ import numpy as np
 from flax import linen, nnx
 from jax import export
 from jax._src import source_info_util
+from jax._src.interpreters import partial_eval as pe
 from jax.extend import core
 
 from pyflaxnpu.errors import CompileError
@@ -82,10 +83,18 @@ def trace(module: Any, variables: Any, example_input: Any) -> Traced:
         raise CompileError(
             f"the model's code depends on the batch size ({str(e).splitlines()[0]}); the program runs any "
             "batch size, so keep shape arithmetic per example, e.g. x.reshape(x.shape[0], -1)") from None
+    closed = _drop_unused(closed)
     out_leaves, treedef = jax.tree_util.tree_flatten(out_shape)
     tree = jax.tree_util.tree_unflatten(treedef, list(range(len(out_leaves))))
     named = [(jax.tree_util.keystr(p, simple=True, separator="/"), v) for p, v in leaves]
     return Traced(closed, named, b, tuple(x.shape[1:]), tree, type(module).__name__, path_of, str(x.dtype))
+
+
+def _drop_unused(closed: core.ClosedJaxpr) -> core.ClosedJaxpr:
+    """Drop equations no output depends on (x[..., 0] only read for its shape, e.g. by make_causal_mask):
+    left in, they would be lowered, or refused, for nothing. Every input is kept: params are positional."""
+    jaxpr, _ = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars), instantiate=True)
+    return core.ClosedJaxpr(jaxpr, closed.consts)
 
 
 def _linen_path(stack: str) -> str:

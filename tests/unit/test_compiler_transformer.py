@@ -147,3 +147,21 @@ def test_axes_of_size_1_in_front_of_the_batch_axis():
     # the moves across size-1 axes are views; the last TRANSPOSE is the einsum's own (jax puts x on the left)
     assert opcodes(program) == ["MATMUL", "TRANSPOSE", "REDUCE", "BINARY", "BMM", "TRANSPOSE"], program.report()
     check(program, jax.jit(lambda x: model.apply(variables, x)), (4, 6))
+
+
+class MaskFromInput(nn.Module):
+    """make_causal_mask reads x[..., 0] for its shape only: the slice feeds nothing and is dropped."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Dense(16)(x)
+        h = nn.MultiHeadDotProductAttention(num_heads=2)(h, mask=nn.make_causal_mask(x[..., 0]))
+        return h.mean(axis=1)
+
+
+def test_values_read_only_for_their_shape_are_dropped_at_trace():
+    model = MaskFromInput()
+    variables = perturb(model.init(jax.random.key(0), jnp.ones((1, 5, 4))))
+    program = compile(model, variables, np.ones((1, 5, 4), np.float32), fallback="error")  # no gather left
+    assert "GATHER" not in opcodes(program)
+    check(program, jax.jit(lambda x: model.apply(variables, x)), (5, 4))
