@@ -11,16 +11,23 @@ from vmrun import REPO, explain
 
 import pyflaxnpu
 
+sys.path.insert(0, str(REPO / "tests" / "guest"))
+import guest_models  # the guest's models, built here on the host
+
+IN = REPO / "build" / "guest-in"
 OUT = REPO / "build" / "guest-out"
-GUEST = ("set -u; env FLAXNPU_IN_GUEST=1 FLAXNPU_GUEST_OUT={out} {py} -m pytest -q -p no:cacheprovider "
+GUEST = ("set -u; env FLAXNPU_IN_GUEST=1 FLAXNPU_GUEST_IN={inp} FLAXNPU_GUEST_OUT={out} {py} -m pytest -q "
+         "-p no:cacheprovider "
          "--color=no tests/guest; rc=$?; if dmesg | grep -E 'WARNING:|BUG:|Oops|Call Trace'; then "
          "echo 'kernel log has warnings'; exit 99; fi; exit $rc")
 
 
 def test_guest_suite_passes_and_matches_the_simulator_exactly():
-    shutil.rmtree(OUT, ignore_errors=True)
-    OUT.mkdir(parents=True)
-    res = vmrun.vm("--npus", "2", "--", "sh", "-c", GUEST.format(out=OUT, py=sys.executable), timeout=900)
+    for d in (IN, OUT):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    guest_models.prepare(IN)
+    res = vmrun.vm("--npus", "2", "--", "sh", "-c", GUEST.format(inp=IN, out=OUT, py=sys.executable), timeout=900)
     assert res.returncode == 0, explain(res)
     assert " passed" in res.stdout, explain(res)
 
