@@ -122,9 +122,8 @@ def jobs_done() -> int:
     return int(Path("/sys/class/flaxnpu/flaxnpu0/jobs_done").read_text())
 
 
-# Each new batch shape compiles the host segments with XLA, a minute under TCG: batch 1 as one job, and
-# 37 items in jobs of 16 (chunks of 16, 16 and 5, so whole and partial jobs).
-@pytest.mark.parametrize("batch,max_batch", [(1, None), (37, 16)])
+# batch 1, 37 in one job, and 37 in jobs of 16 (chunks of 16, 16 and 5)
+@pytest.mark.parametrize("batch,max_batch", [(1, None), (37, None), (37, 16)])
 def test_mixed_program_through_the_driver(kdev, mixed, batch, max_batch):
     """Each device segment is one EXECUTE over its op range; the host segments run on the mapped arena."""
     program, runs = mixed
