@@ -58,8 +58,14 @@ def conv2d(x: np.ndarray, w: np.ndarray, oh: int, ow: int, stride: tuple[int, in
 EXACT_F32_TERMS = 1024
 
 
-def _wrap_i32(acc: np.ndarray) -> np.ndarray:
-    """The int32 accumulator's two's-complement wraparound, from the exact sum."""
+# Below this many terms no int32 sum of int8 products can wrap: |sum| <= terms * 2^14 < 2^31.
+NO_WRAP_TERMS = 1 << 17
+
+
+def _wrap_i32(acc: np.ndarray, terms: int) -> np.ndarray:
+    """The int32 accumulator's two's-complement wraparound, from the exact (integer-valued) sum."""
+    if terms < NO_WRAP_TERMS:
+        return acc.astype(np.int32)
     a = np.rint(acc).astype(np.int64)
     return ((a + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int32)
 
@@ -67,7 +73,7 @@ def _wrap_i32(acc: np.ndarray) -> np.ndarray:
 def qmatmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """int8 [M,K] @ int8 [K,N] with int32 accumulation -> int32 [M,N]."""
     dtype = F32 if x.shape[1] <= EXACT_F32_TERMS else np.float64
-    return _wrap_i32(np.matmul(x.astype(dtype), w.astype(dtype)))
+    return _wrap_i32(np.matmul(x.astype(dtype), w.astype(dtype)), x.shape[1])
 
 
 def qconv2d(x: np.ndarray, w: np.ndarray, oh: int, ow: int, stride: tuple[int, int], pad: tuple[int, int],
@@ -75,7 +81,7 @@ def qconv2d(x: np.ndarray, w: np.ndarray, oh: int, ow: int, stride: tuple[int, i
     """conv2d of int8 x and w with int32 accumulation -> int32 [N,OH,OW,OC]."""
     kh, kw, cg, _ = w.shape
     dtype = F32 if kh * kw * cg <= EXACT_F32_TERMS else np.float64
-    return _wrap_i32(conv2d(x, w, oh, ow, stride, pad, dil, groups, dtype))
+    return _wrap_i32(conv2d(x, w, oh, ow, stride, pad, dil, groups, dtype), kh * kw * cg)
 
 
 def requant(acc: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -93,6 +99,10 @@ def _window_reduce(x: np.ndarray, axis: int, out: int, k: int, stride: int, pad:
                    neutral: float) -> np.ndarray:
     """Reduce windows [o*stride - pad, + k) along `axis`, the padding being `neutral`."""
     size = x.shape[axis]
+    if pad == 0 and stride == k and out * k <= size:  # windows tile the axis: one reshape, one reduce
+        tiles = np.take(x, np.arange(out * k), axis=axis) if out * k < size else x
+        shape = (*x.shape[:axis], out, k, *x.shape[axis + 1:])
+        return ufunc.reduce(tiles.reshape(shape), axis=axis + 1)
     start = np.arange(out, dtype=np.int64) * stride - pad
     lo, hi = np.clip(start, 0, size), np.clip(start + k, 0, size)
     empty = lo >= hi
