@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from flaxnpu_abi import prog
 from flaxnpu_abi.hw import SEG_FLAG
+from flaxnpu_sim.engines import run_op
+from flaxnpu_sim.errors import EngineError
 from flaxnpu_sim.memory import AnonymousMemory
 from flaxnpu_sim.mmu import Segments
 from segtable import write_table
@@ -55,3 +58,12 @@ def make_op(opcode: int, dims: tuple, src0: tuple, dst: tuple, src1: tuple | Non
         if ref is not None:
             op[name] = ref
     return op
+
+
+def refused(a: Arena, op: np.void) -> tuple[int, int]:
+    """(status, info) of an op the engines refuse; the refusal must leave every byte as it was."""
+    before = a.mem.read(a.mem.base, a.mem.size)
+    with pytest.raises(EngineError) as e:
+        run_op(op, a.segments)
+    assert a.mem.read(a.mem.base, a.mem.size) == before
+    return e.value.status, e.value.info

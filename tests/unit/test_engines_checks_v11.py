@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from engine_arena import Arena, make_op
+from engine_arena import Arena, make_op, refused
 from flaxnpu_abi.hw import STATUS
 from flaxnpu_abi.prog import DTYPE, OP_FLAG, OPCODE, POOL
 from flaxnpu_sim.engines import run_op
-from flaxnpu_sim.errors import EngineError
 
 
 def pair(lo: int, hi: int) -> int:
@@ -52,14 +51,6 @@ def edit(op: np.void, **kw) -> np.void:
         else:
             t[last] = value
     return op
-
-
-def refused(a: Arena, op: np.void) -> tuple[int, int]:
-    before = a.mem.read(a.mem.base, a.mem.size)
-    with pytest.raises(EngineError) as e:
-        run_op(op, a.segments)
-    assert a.mem.read(a.mem.base, a.mem.size) == before
-    return e.value.status, e.value.info
 
 
 def test_good_ops_run():

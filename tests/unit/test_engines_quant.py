@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from engine_arena import Arena, make_op
+from engine_arena import Arena, make_op, refused
 from firmware_bus import f32_bits
 from flaxnpu_abi.hw import STATUS
 from flaxnpu_abi.prog import CONVERT, DTYPE, FUNC, OP_FLAG, OPCODE
 from flaxnpu_sim import kernels
 from flaxnpu_sim.engines import run_op
-from flaxnpu_sim.errors import EngineError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -136,14 +135,6 @@ def test_convert_dequantizes_and_applies_act():
                  params=(f32_bits(0.125), CONVERT.DEQUANTIZE))
     run_op(op, a.segments)
     np.testing.assert_array_equal(a.get(dst, (q.size,)), np.maximum(q.astype(np.float32) * 0.125, 0))
-
-
-def refused(a: Arena, op: np.void) -> tuple[int, int]:
-    before = a.mem.read(a.mem.base, a.mem.size)
-    with pytest.raises(EngineError) as e:
-        run_op(op, a.segments)
-    assert a.mem.read(a.mem.base, a.mem.size) == before
-    return e.value.status, e.value.info
 
 
 def good(a: Arena) -> np.void:
