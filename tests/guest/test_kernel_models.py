@@ -46,7 +46,7 @@ def test_auto_prefers_the_kernel_device():
 def test_devices_are_listed_with_pci_address_and_firmware():
     found = pyflaxnpu.devices()
     assert [d.node for d in found][:2] == ["/dev/flaxnpu0", "/dev/flaxnpu1"]
-    assert all(d.pci_address and d.firmware == "1.0.0" for d in found)
+    assert all(d.pci_address and d.firmware == "1.2.0" for d in found)
 
 
 def test_linen_mlp_through_the_driver(kdev):

@@ -35,7 +35,7 @@ def outcome(cpl: np.void) -> tuple[int, int, int]:
 def test_boot_handshake_order_and_values(image):
     bus = FirmwareBus()
     assert bus.boot(image).reason == "idle"
-    assert bus.handshake == [("FW_VERSION", 0x010000), ("FW_ABI", hw.ABI_MAJOR << 16 | hw.ABI_MINOR),
+    assert bus.handshake == [("FW_VERSION", 0x010200), ("FW_ABI", hw.ABI_MAJOR << 16 | hw.ABI_MINOR),
                              ("FW_READY", 1)]
     assert bus.heartbeat == 1
     assert b"ready" in bus.log
@@ -46,7 +46,7 @@ def test_boot_handshake_order_and_values(image):
 def test_image_header_matches_the_contract(image):
     header = np.frombuffer(image[:64], hw.FW_HEADER)[0]
     assert (header["abi_major"], header["abi_minor"]) == (hw.ABI_MAJOR, hw.ABI_MINOR)
-    assert header["fw_version"] == 0x010000 and header["load_addr"] == 0 and header["entry"] == 0
+    assert header["fw_version"] == 0x010200 and header["load_addr"] == 0 and header["entry"] == 0
     assert header["flags"] == 0 and header["image_size"] == len(image) - 64 <= hw.FW_MAX_IMAGE
 
 
