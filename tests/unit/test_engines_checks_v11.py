@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from engine_arena import Arena, make_op, refused
+from firmware_bus import mutate
 from flaxnpu_abi.hw import STATUS
 from flaxnpu_abi.prog import DTYPE, OP_FLAG, OPCODE, POOL
 from flaxnpu_sim.engines import run_op
@@ -19,13 +20,13 @@ def conv(a: Arena, **kw) -> np.void:
     """3x3 SAME conv, 2 groups, bias: [1,5,5,4] -> [1,5,5,6]."""
     op = make_op(OPCODE.CONV2D, (1, 5, 5, 4, 5, 5), a.put(np.ones(100)), a.out(150), a.put(np.ones(108)),
                  a.put(np.ones(6)), flags=OP_FLAG.BIAS, params=(pair(3, 3), 6, pair(1, 1), pair(1, 1), pair(1, 1), 2))
-    return edit(op, **kw)
+    return mutate(op, **kw)
 
 
 def pool(a: Arena, **kw) -> np.void:
     op = make_op(OPCODE.POOL, (2, 6, 6, 3, 3, 3), a.put(np.ones(216)), a.out(54),
                  params=(POOL.MAX, pair(2, 2), pair(2, 2), 0))
-    return edit(op, **kw)
+    return mutate(op, **kw)
 
 
 def others(a: Arena) -> dict[str, np.void]:
@@ -38,19 +39,6 @@ def others(a: Arena) -> dict[str, np.void]:
         "gather": make_op(OPCODE.GATHER, (4, 7, 3), (*idx[:3], DTYPE.I32, 0), a.out(12), a.put(np.ones(21))),
         "transpose": make_op(OPCODE.TRANSPOSE, (2, 3, 4), a.put(np.ones(24)), a.out(24), params=(0x120, 3)),
     }
-
-
-def edit(op: np.void, **kw) -> np.void:
-    for path, value in kw.items():
-        *outer, last = path.split("__")
-        t = op
-        for name in outer:
-            t = t[name]
-        if last.isdigit():
-            t[int(last)] = value
-        else:
-            t[last] = value
-    return op
 
 
 def test_good_ops_run():
@@ -145,4 +133,4 @@ def test_window_geometry_boundary(opcode, k, s, d, pad):
 ])
 def test_other_checks(name, change, status, info):
     a = Arena()
-    assert refused(a, edit(others(a)[name], **change)) == (status, info)
+    assert refused(a, mutate(others(a)[name], **change)) == (status, info)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from engine_arena import Arena, make_op, refused
-from firmware_bus import f32_bits
+from firmware_bus import f32_bits, mutate
 from flaxnpu_abi.hw import STATUS
 from flaxnpu_abi.prog import CONVERT, DTYPE, FUNC, OP_FLAG, OPCODE
 from flaxnpu_sim import kernels
@@ -150,24 +150,15 @@ def test_good_quant_op_runs():
 
 @pytest.mark.parametrize(("change", "status", "info"), [
     ({"flags": OP_FLAG.QUANT | OP_FLAG.BIAS}, STATUS.OP_FLAGS, 5),
-    ({"params": 0}, STATUS.OP_DTYPE, DTYPE.I8),  # dst I8 but no scale: an F32 dst was wanted
-    ({"params": 0xBF00_0000}, STATUS.OP_PARAM, 0xBF00_0000),  # -0.5
-    ({"src1.dtype": DTYPE.F32}, STATUS.OP_DTYPE, DTYPE.F32),
-    ({"src2.size": 12}, STATUS.OP_SIZE, 12),  # the table needs two rows
-    ({"src0.size": 32}, STATUS.OP_SIZE, 32),  # I8 operands have a byte an element
+    ({"params__7": 0}, STATUS.OP_DTYPE, DTYPE.I8),  # dst I8 but no scale: an F32 dst was wanted
+    ({"params__7": 0xBF00_0000}, STATUS.OP_PARAM, 0xBF00_0000),  # -0.5
+    ({"src1__dtype": DTYPE.F32}, STATUS.OP_DTYPE, DTYPE.F32),
+    ({"src2__size": 12}, STATUS.OP_SIZE, 12),  # the table needs two rows
+    ({"src0__size": 32}, STATUS.OP_SIZE, 32),  # I8 operands have a byte an element
 ])
 def test_bad_quant_fields_are_named_and_nothing_is_written(change, status, info):
     a = Arena()
-    op = good(a)
-    for path, value in change.items():
-        if path == "params":
-            op["params"][7] = value
-        elif "." in path:
-            slot, field = path.split(".")
-            op[slot][field] = value
-        else:
-            op[path] = value
-    assert refused(a, op) == (status, info)
+    assert refused(a, mutate(good(a), **change)) == (status, info)
 
 
 def test_quant_cycles_charge_a_quarter_of_the_float_array_time():
