@@ -9,12 +9,10 @@ weights with equal bytes between ops.
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 from flaxnpu_abi.prog import BCAST, BINOP, FUNC
 
-from pyflaxnpu.compiler.ir import OPCODE, REDUCE, Buffer, Graph, Op, Tensor
+from pyflaxnpu.compiler.ir import OPCODE, REDUCE, Buffer, Graph, Op, Tensor, bits_f32, f32_bits
 
 
 def _only_user(graph: Graph, op: Op) -> Op | None:
@@ -148,8 +146,7 @@ def fold_bmm_scale(graph: Graph) -> None:
 
 
 def _times_alpha(bmm: Op, c: float) -> None:
-    alpha = struct.unpack("<f", struct.pack("<I", bmm.params[1]))[0] * c
-    bmm.params[1] = int.from_bytes(struct.pack("<f", alpha), "little")
+    bmm.params[1] = f32_bits(bits_f32(bmm.params[1]) * c)
 
 
 def _scale_of(op: Op | None) -> float | None:

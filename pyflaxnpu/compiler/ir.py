@@ -8,6 +8,7 @@ passes can fuse and re-wire ops before memory planning gives every buffer its pl
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,6 +17,15 @@ from flaxnpu_abi.prog import BCAST, FUNC, OP_FLAG, OPCODE, POOL
 from flaxnpu_abi.prog import REDUCE as REDUCE  # re-exported for the passes
 
 Kind = Literal["weight", "act", "input", "output"]
+
+
+def f32_bits(x: float) -> int:
+    """A float32 params word (eps, alpha, scales): the bits of x rounded to float32."""
+    return int.from_bytes(struct.pack("<f", x), "little")
+
+
+def bits_f32(word: int) -> float:
+    return struct.unpack("<f", struct.pack("<I", word))[0]
 POOL_MAX, POOL_AVG = int(POOL.MAX), int(POOL.AVG)
 
 

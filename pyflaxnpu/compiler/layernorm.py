@@ -10,12 +10,10 @@ scale that is not per channel) stays as it was, which is still correct, just mor
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 from flaxnpu_abi.prog import BCAST, BINOP, FUNC
 
-from pyflaxnpu.compiler.ir import OPCODE, REDUCE, Buffer, Graph, Op, Tensor
+from pyflaxnpu.compiler.ir import OPCODE, REDUCE, Buffer, Graph, Op, Tensor, f32_bits
 
 
 def fuse_layernorm(graph: Graph) -> None:
@@ -174,9 +172,8 @@ def _rewrite(graph: Graph, x: Tensor, chain: list[Op], out: Op, scale: np.ndarra
         prov = prov.merge(op.prov)
     weights = [Tensor(Buffer(f"{out.prov.module or 'LayerNorm'}/{n}", 4 * c, "weight", np.asarray(v, np.float32)), (c,))
                for n, v in (("scale", scale), ("bias", bias))]
-    eps_bits = int.from_bytes(struct.pack("<f", eps), "little")
     ln = Op(OPCODE.LAYERNORM, [r, c], [Tensor(x.buf, (r, c)), *weights, None], out.dst, prov, FUNC.NONE,
-            [eps_bits])
+            [f32_bits(eps)])
     first = min(graph.ops.index(op) for op in chain)
     for op in chain:
         graph.ops.remove(op)

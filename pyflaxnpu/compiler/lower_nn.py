@@ -9,14 +9,13 @@ ones with H = 1.
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Sequence
 
 import numpy as np
 from flaxnpu_abi.prog import BINOP
 from jax.extend import core
 
-from pyflaxnpu.compiler.ir import OPCODE, POOL_AVG, POOL_MAX, REDUCE, Tensor
+from pyflaxnpu.compiler.ir import OPCODE, POOL_AVG, POOL_MAX, REDUCE, Tensor, f32_bits
 from pyflaxnpu.compiler.lower import (
     Const,
     Index,
@@ -30,10 +29,6 @@ from pyflaxnpu.compiler.lower import (
     item_shape,
     require_batch_first,
 )
-
-
-def f32_bits(x: float) -> int:
-    return int.from_bytes(struct.pack("<f", x), "little")
 
 
 def _pair(lo: int, hi: int) -> int:

@@ -23,16 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 from flaxnpu_abi.prog import CONVERT, FUNC, OPCODE
 
-from pyflaxnpu.compiler.ir import POOL_MAX, Buffer, Graph, Op, Provenance, Tensor
+from pyflaxnpu.compiler.ir import POOL_MAX, Buffer, Graph, Op, Provenance, Tensor, f32_bits
 from pyflaxnpu.compiler.partition import is_host
 from pyflaxnpu.errors import CompileError
 
 QMAX = 127
 QSCALE_WORD = 7  # params[7]: the I8 dst's scale (program.toml, OP_FLAG.QUANT)
-
-
-def f32_bits(x: float) -> int:
-    return int(np.array(x, "<f4").view("<u4"))
 
 
 def targets(graph: Graph) -> list[Op]:
@@ -102,8 +98,8 @@ def apply(graph: Graph, ops: list[Op], in_scale: list[float], out_scale: list[fl
         x = op.srcs[0]
         assert x is not None and op.srcs[1] is not None
         if id(x.buf) not in quantized:
-            qbuf = Buffer(x.buf.name + ".q", x.buf.nbytes // 4, "act", dtype="int8")
             size = x.buf.nbytes // 4
+            qbuf = Buffer(x.buf.name + ".q", size, "act", dtype="int8")
             convert = Op(OPCODE.CONVERT, [size], [Tensor(x.buf, (size,)), None, None, None], Tensor(qbuf, (size,)),
                          op.prov, params=[f32_bits(in_scale[i]), int(CONVERT.QUANTIZE)])
             graph.ops.insert(graph.ops.index(op), convert)
