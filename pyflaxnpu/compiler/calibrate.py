@@ -23,7 +23,7 @@ def batches(calibration: Any, item_shape: tuple[int, ...], dtype: np.dtype) -> l
         raise CompileError('quantize="int8" needs calibration data: pass calibration=x (an array '
                            f"[batch, {', '.join(map(str, item_shape))}]) or an iterable of such batches, "
                            "a few hundred representative inputs")
-    items = [calibration] if isinstance(calibration, np.ndarray) or hasattr(calibration, "shape") else calibration
+    items = [calibration] if hasattr(calibration, "shape") else calibration  # numpy or jax: one batch
     if not isinstance(items, Iterable):
         raise CompileError(f"calibration must be an array or an iterable of arrays, got {type(calibration).__name__}")
     out = []

@@ -111,7 +111,7 @@ def _refs(desc: np.void) -> list[str]:
 def _kind(meta: dict[str, Any], desc: np.void) -> str:
     kind = meta["opcode"] + ("" if meta["act"] == "NONE" else f"+{meta['act']}")
     if meta["opcode"] == "CONVERT":  # format 1.2
-        return kind + (" f32>i8" if int(desc["params"][1]) == 0 else " i8>f32")
+        return kind + (" f32>i8" if int(desc["params"][1]) == prog.CONVERT.QUANTIZE else " i8>f32")
     if int(desc["flags"]) & _QUANT:
         kind += " i8" if int(desc["dst"]["dtype"]) == _I8 else " i8>f32"
     if int(desc["flags"]) & prog.OP_FLAG.BIAS:
