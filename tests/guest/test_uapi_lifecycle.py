@@ -9,10 +9,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import uapi_lib as u
-from flaxnpu_abi import hw, uapi
+from flaxnpu_abi import uapi
 
 DRIVER = Path("/sys/bus/pci/drivers/flaxnpu")
 
@@ -39,13 +38,7 @@ def test_rmmod_with_open_file_is_busy_then_reload(guest):
     res = sh("insmod", str(u.KO))
     assert res.returncode == 0, res.stderr
     wait_for(u.DEV, True)
-    c = u.Ctx()
-    try:
-        model = c.load_relu(16)
-        r, _ = c.run_relu(model, np.ones((1, 16), np.float32))
-        assert int(r["status"]) == hw.STATUS.OK
-    finally:
-        c.close()
+    u.check_a_fresh_context_runs_a_job()
 
 
 def test_unbind_with_jobs_in_flight_then_rebind(guest):
@@ -70,10 +63,4 @@ def test_unbind_with_jobs_in_flight_then_rebind(guest):
     (DRIVER / "bind").write_text(bdf)
     (u.PARAMS / "job_timeout_ms").write_text("10000")
     wait_for(u.DEV, True)
-    c = u.Ctx()
-    try:
-        model = c.load_relu(16)
-        r, _ = c.run_relu(model, np.ones((1, 16), np.float32))
-        assert int(r["status"]) == hw.STATUS.OK
-    finally:
-        c.close()
+    u.check_a_fresh_context_runs_a_job()

@@ -73,13 +73,7 @@ def test_closing_with_jobs_in_flight(guest, short_job_timeout):
     u.bo_create(c.fd, 4096)
     c.close()  # jobs keep their buffers until the timeout fires
     time.sleep(short_job_timeout / 1000 + 1.5)
-    fresh = u.Ctx()
-    try:
-        model = fresh.load_relu(16)
-        res, _ = fresh.run_relu(model, np.ones((1, 16), np.float32))
-        assert int(res["status"]) == hw.STATUS.OK
-    finally:
-        fresh.close()
+    u.check_a_fresh_context_runs_a_job()
 
 
 def test_counters_count_failures(ctx):

@@ -168,6 +168,16 @@ class Ctx:
             self.fd = -1
 
 
+def check_a_fresh_context_runs_a_job() -> None:
+    """After a reset, reload or rebind: a new context loads a model and its job completes OK."""
+    c = Ctx()
+    try:
+        res, _ = c.run_relu(c.load_relu(16), np.ones((1, 16), np.float32))
+        assert int(res["status"]) == hw.STATUS.OK
+    finally:
+        c.close()
+
+
 def sysfs(name: str) -> str:
     return (SYSFS / name).read_text().strip()
 
