@@ -133,24 +133,35 @@ err:
 	return ret;
 }
 
+/* A job and the response it will complete into, within the context's limit on open jobs. */
+static int flaxnpu_cmd_new_job(struct flaxnpu_ctx *ctx, struct flaxnpu_job **job,
+			       struct flaxnpu_resp **resp)
+{
+	if (ctx->jobs_open >= FNPU_MAX_JOBS)
+		return -EBUSY;
+	*resp = kzalloc(sizeof(**resp), GFP_KERNEL);
+	*job = flaxnpu_job_alloc(ctx);
+	if (!*resp || !*job) {
+		flaxnpu_job_put(*job);
+		kfree(*resp);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
 /* A NOP job measures the round trip through the ring and the firmware, with no data at all. */
 static int flaxnpu_cmd_execute_nop(struct flaxnpu_ctx *ctx, const struct fnpu_cmd_execute *c)
 {
 	struct flaxnpu_resp *resp;
 	struct flaxnpu_job *job;
+	int ret;
 
 	if (c->flags != FNPU_EXEC_FLAG_NOP || c->model || c->batch != 1 || c->input_size ||
 	    c->output_size || c->arena_size || c->input_bo || c->output_bo || c->arena_bo)
 		return -EINVAL;
-	if (ctx->jobs_open >= FNPU_MAX_JOBS)
-		return -EBUSY;
-	resp = kzalloc(sizeof(*resp), GFP_KERNEL);
-	job = flaxnpu_job_alloc(ctx);
-	if (!resp || !job) {
-		flaxnpu_job_put(job);
-		kfree(resp);
-		return -ENOMEM;
-	}
+	ret = flaxnpu_cmd_new_job(ctx, &job, &resp);
+	if (ret)
+		return ret;
 	job->batch = 1;
 	job->flags = c->flags;
 	return flaxnpu_cmd_queue_job(ctx, job, resp, c->hdr.tag);
@@ -193,15 +204,9 @@ static int flaxnpu_cmd_execute(struct flaxnpu_ctx *ctx, const char __user *ubuf,
 		   c.op_count > model->op_count - c.first_op) {
 		return -EINVAL;
 	}
-	if (ctx->jobs_open >= FNPU_MAX_JOBS)
-		return -EBUSY;
-
-	resp = kzalloc(sizeof(*resp), GFP_KERNEL);
-	job = flaxnpu_job_alloc(ctx);
-	if (!resp || !job) {
-		ret = -ENOMEM;
-		goto err;
-	}
+	ret = flaxnpu_cmd_new_job(ctx, &job, &resp);
+	if (ret)
+		return ret;
 	kref_get(&model->ref);
 	job->model = model;
 	kref_get(&model->image->ref);
