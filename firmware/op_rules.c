@@ -214,7 +214,7 @@ uint32_t op_ref_dtype(const struct fnpu_op *op, const struct op_rule *rule, uint
 		return (ref == REF_SRC0) == i8_src ? FNPU_DTYPE_I8 : FNPU_DTYPE_F32;
 	}
 	if (op->flags & FNPU_OP_FLAG_QUANT) {
-		if (ref == REF_SRC0 || ref == REF_SRC1 || (ref == REF_DST && op->params[7]))
+		if (ref == REF_SRC0 || ref == REF_SRC1 || (ref == REF_DST && op->params[FNPU_QSCALE_PARAM]))
 			return FNPU_DTYPE_I8;
 		if (ref == REF_DST && op->opcode == FNPU_OPCODE_POOL)
 			return FNPU_DTYPE_I8;

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 
-from flaxnpu_abi.prog import FUNC, OPCODE, POOL, REDUCE
+from flaxnpu_abi.prog import FUNC, OPCODE, POOL, QSCALE_PARAM, REDUCE
 
 CLOCK_HZ = 1_000_000_000
 ARRAY = 16  # the MAC array is ARRAY x ARRAY
@@ -51,7 +51,7 @@ def op_cycles(opcode: int, dims: tuple[int, ...], act: int, bias: bool = False, 
     act_pass = 0 if act == FUNC.NONE else 1
     macs_per_cell = 4 if quant else 1
     if quant:  # the requant table is the bias pass; an I8 dst (scale in params[7]) adds the quantize pass
-        bias, act_pass = True, act_pass + int(p[7] != 0)
+        bias, act_pass = True, act_pass + int(p[QSCALE_PARAM] != 0)
     if opcode == OPCODE.MATMUL:
         m, k, n = dims[:3]
         return (OP_SETUP + -(-_tiles(m, n) * k // macs_per_cell)

@@ -16,6 +16,7 @@ SEG_ARENA = 0x1  # segment index of the activation arena, read-write, scaled by 
 SEG_INPUT = 0x2  # segment index of the inputs, read-only, scaled by batch
 SEG_OUTPUT = 0x3  # segment index of the outputs, write-only, scaled by batch
 SEG_COUNT = 0x4  # segments a program's jobs name
+QSCALE_PARAM = 0x7  # params index of a QUANT MATMUL/CONV2D's I8 dst scale (1.2)
 
 
 class OPCODE(IntEnum):

@@ -26,6 +26,7 @@
 #define FNPU_SEG_INPUT 0x2u /* segment index of the inputs, read-only, scaled by batch */
 #define FNPU_SEG_OUTPUT 0x3u /* segment index of the outputs, write-only, scaled by batch */
 #define FNPU_SEG_COUNT 0x4u /* segments a program's jobs name */
+#define FNPU_QSCALE_PARAM 0x7u /* params index of a QUANT MATMUL/CONV2D's I8 dst scale (1.2) */
 
 enum fnpu_opcode {
 	FNPU_OPCODE_MATMUL = 0x1, /* dst[M,N] = act(src0[M,K] @ src1[K,N] (+ src2[N])); dims M,K,N */

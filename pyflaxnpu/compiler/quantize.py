@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from flaxnpu_abi import prog
 from flaxnpu_abi.prog import CONVERT, FUNC, OPCODE
 
 from pyflaxnpu.compiler.ir import POOL_MAX, Buffer, Graph, Op, Provenance, Tensor, f32_bits
@@ -28,7 +29,6 @@ from pyflaxnpu.compiler.partition import is_host
 from pyflaxnpu.errors import CompileError
 
 QMAX = 127
-QSCALE_WORD = 7  # params[7]: the I8 dst's scale (program.toml, OP_FLAG.QUANT)
 
 
 def targets(graph: Graph) -> list[Op]:
@@ -119,7 +119,7 @@ def apply(graph: Graph, ops: list[Op], in_scale: list[float], out_scale: list[fl
         pools = _int8_readers(graph, op.dst.buf, chosen)
         if s_y is not None and pools is not None:
             # every reader takes int8 (directly, or through max pools): quantize here, in the epilogue
-            op.params[QSCALE_WORD] = f32_bits(s_y)
+            op.params[prog.QSCALE_PARAM] = f32_bits(s_y)
             for buf in [op.dst.buf, *(p.dst.buf for p in pools)]:
                 buf.dtype, buf.nbytes = "int8", buf.nbytes // 4
                 quantized[id(buf)] = (buf, s_y)  # max pooling keeps the scale

@@ -197,8 +197,8 @@ def _dst_scale(plan: Plan) -> float | None:
     """The scale an I8 dst is quantized at, None for a F32 dst."""
     if plan.opcode == OPCODE.CONVERT:
         return op_rules.f32(plan.params[0]) if plan.params[1] == CONVERT.QUANTIZE else None
-    if plan.quant and plan.params[op_rules.QSCALE_WORD]:
-        return op_rules.f32(plan.params[op_rules.QSCALE_WORD])
+    if plan.quant and plan.params[prog.QSCALE_PARAM]:
+        return op_rules.f32(plan.params[prog.QSCALE_PARAM])
     return None
 
 

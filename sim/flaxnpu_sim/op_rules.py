@@ -97,7 +97,6 @@ RULES: dict[int, Rule] = {
     OPCODE.TRANSPOSE: Rule(0, 0, (_perm_ok, lambda v, p: 1 <= v <= MAX_RANK)),
     OPCODE.CONVERT: Rule(1, 0, (_scale_ok, _max(max(CONVERT)))),
 }
-QSCALE_WORD = 7  # MATMUL/CONV2D: the I8 dst's scale under QUANT, else 0
 
 
 def ndims(opcode: int, params: tuple[int, ...]) -> int:
@@ -110,7 +109,7 @@ def ndims(opcode: int, params: tuple[int, ...]) -> int:
 def check_params(opcode: OPCODE, params: tuple[int, ...], flags: int = 0) -> None:
     rules = RULES[opcode].params
     for i, v in enumerate(params):
-        if i == QSCALE_WORD and opcode in (OPCODE.MATMUL, OPCODE.CONV2D):
+        if i == prog.QSCALE_PARAM and opcode in (OPCODE.MATMUL, OPCODE.CONV2D):
             ok = _qscale_ok(v, params, flags)
         else:
             ok = rules[i](v, params) if i < len(rules) else v == 0
@@ -197,7 +196,7 @@ def dtype_of(opcode: int, slot: str, flags: int = 0, params: tuple[int, ...] = (
         return prog.DTYPE.I32
     if opcode == OPCODE.CONVERT:
         return prog.DTYPE.I8 if (slot == "src0") == (params[1] == CONVERT.DEQUANTIZE) else prog.DTYPE.F32
-    if flags & _QUANT and (slot in ("src0", "src1") or (slot == "dst" and params[QSCALE_WORD])
+    if flags & _QUANT and (slot in ("src0", "src1") or (slot == "dst" and params[prog.QSCALE_PARAM])
                                   or (slot == "dst" and opcode == OPCODE.POOL)):
         return prog.DTYPE.I8
     return prog.DTYPE.F32
